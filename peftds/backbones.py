@@ -1,0 +1,253 @@
+"""The one place that knows model families.
+
+A :class:`Backbone` wraps a built HF model and exposes its *stack* (SPEC §2): transformer blocks in
+forward data order (encoder blocks, then decoder blocks), and for every block its attention sites,
+feed-forward sublayer, linear layers and norm layers under family-independent names. Everything
+else in peftds (strategies, budget, inspect, training) works on these descriptions only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import PeftdsError
+
+ENCODER, DECODER = "encoder", "decoder"
+
+
+@dataclass
+class AttentionSite:
+    """One attention module of a block.
+
+    ``module`` is the HF module whose forward calls the transformers attention interface (it holds
+    ``config`` and is passed as first argument to the attention function). ``projections`` maps the
+    generic names q/k/v/o to ``(parent, attribute)`` so strategies can read or replace the Linear.
+    """
+
+    kind: str  # "self" | "cross"
+    module: nn.Module
+    num_heads: int
+    head_dim: int
+    projections: dict[str, tuple[nn.Module, str]]
+
+    def linear(self, name: str) -> nn.Module:
+        parent, attr = self.projections[name]
+        return getattr(parent, attr)
+
+
+@dataclass
+class Layer:
+    """One block of the stack with family-independent handles."""
+
+    index: int  # position in the stack, 0-based
+    stack: str  # ENCODER | DECODER
+    block: nn.Module
+    d_model: int
+    attentions: list[AttentionSite]
+    # (parent, attr) of the module whose output is the FFN sublayer output before residual/dropout
+    ffn_out: tuple[nn.Module, str]
+    # (parent, attr) of the module whose output is each attention sublayer output (same order as attentions)
+    attn_out: list[tuple[nn.Module, str]]
+    linears: list[tuple[nn.Module, str]] = field(default_factory=list)  # every backbone Linear in the block
+    norms: list[nn.Module] = field(default_factory=list)  # every norm layer in the block
+
+    def module_at(self, where: tuple[nn.Module, str]) -> nn.Module:
+        return getattr(where[0], where[1])
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_types: tuple[str, ...]
+    seq2seq: bool
+    head_prefixes: tuple[str, ...]  # parameter-name prefixes of the task head (trained, counted apart)
+
+
+FAMILIES = {
+    "t5": Family("t5", ("t5", "mt5"), True, ()),
+    "bart": Family("bart", ("bart",), True, ()),
+    "bert": Family("bert", ("bert",), False, ("bert.pooler.", "classifier.")),
+    "roberta": Family("roberta", ("roberta", "xlm-roberta"), False, ("classifier.",)),
+}
+
+
+def family_of(model_type: str) -> Family:
+    for fam in FAMILIES.values():
+        if model_type in fam.model_types:
+            return fam
+    known = sorted(t for f in FAMILIES.values() for t in f.model_types)
+    raise PeftdsError(f"unsupported model type '{model_type}' (supported: {', '.join(known)})")
+
+
+def _t5_layers(model: nn.Module) -> list[Layer]:
+    cfg = model.config
+    layers: list[Layer] = []
+    for stack_name, stack in ((ENCODER, model.encoder), (DECODER, model.decoder)):
+        for block in stack.block:
+            subs = list(block.layer)
+            attns, outs = [], []
+            for sub in subs[:-1]:
+                att = sub.SelfAttention if hasattr(sub, "SelfAttention") else sub.EncDecAttention
+                kind = "self" if hasattr(sub, "SelfAttention") else "cross"
+                proj = {n: (att, n) for n in ("q", "k", "v", "o")}
+                attns.append(AttentionSite(kind, att, cfg.num_heads, cfg.d_kv, proj))
+                outs.append((att, "o"))
+            ff = subs[-1].DenseReluDense
+            lins = [(a.module, n) for a in attns for n in ("q", "k", "v", "o")]
+            lins += [(ff, n) for n, m in ff.named_children() if isinstance(m, nn.Linear)]
+            norms = [s.layer_norm for s in subs]
+            layers.append(Layer(len(layers), stack_name, block, cfg.d_model, attns, (ff, "wo"), outs, lins, norms))
+    return layers
+
+
+def _bart_layers(model: nn.Module) -> list[Layer]:
+    cfg = model.config
+    inner = model.model
+    layers: list[Layer] = []
+    for stack_name, stack in ((ENCODER, inner.encoder), (DECODER, inner.decoder)):
+        for block in stack.layers:
+            pairs = [("self", block.self_attn)]
+            if hasattr(block, "encoder_attn"):
+                pairs.append(("cross", block.encoder_attn))
+            attns = []
+            for kind, att in pairs:
+                proj = {"q": (att, "q_proj"), "k": (att, "k_proj"), "v": (att, "v_proj"), "o": (att, "out_proj")}
+                attns.append(AttentionSite(kind, att, att.num_heads, att.head_dim, proj))
+            lins = [p for a in attns for p in a.projections.values()] + [(block, "fc1"), (block, "fc2")]
+            norms = [m for m in block.children() if isinstance(m, nn.LayerNorm)]
+            outs = [a.projections["o"] for a in attns]
+            layers.append(Layer(len(layers), stack_name, block, cfg.d_model, attns, (block, "fc2"), outs, lins, norms))
+    return layers
+
+
+def _bert_layers(model: nn.Module) -> list[Layer]:
+    cfg = model.config
+    layers: list[Layer] = []
+    for block in model.base_model.encoder.layer:
+        att = block.attention.self
+        proj = {"q": (att, "query"), "k": (att, "key"), "v": (att, "value"), "o": (block.attention.output, "dense")}
+        site = AttentionSite("self", att, cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads, proj)
+        lins = list(proj.values()) + [(block.intermediate, "dense"), (block.output, "dense")]
+        norms = [block.attention.output.LayerNorm, block.output.LayerNorm]
+        layers.append(Layer(len(layers), ENCODER, block, cfg.hidden_size, [site], (block.output, "dense"),
+                            [proj["o"]], lins, norms))
+    return layers
+
+
+_LAYER_BUILDERS = {"t5": _t5_layers, "bart": _bart_layers, "bert": _bert_layers, "roberta": _bert_layers}
+
+
+class Backbone:
+    """A built HF model seen as a stack of layers (SPEC §2)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.family = family_of(model.config.model_type)
+        self.layers: list[Layer] = _LAYER_BUILDERS[self.family.name](model)
+
+    @property
+    def seq2seq(self) -> bool:
+        return self.family.seq2seq
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def is_head(self, param_name: str) -> bool:
+        return any(param_name.startswith(p) for p in self.family.head_prefixes)
+
+    def head_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.model.named_parameters() if self.is_head(n)]
+
+    def backbone_params(self) -> int:
+        """Parameters of the pretrained network, task head excluded (tied weights counted once)."""
+        return sum(p.numel() for n, p in self.model.named_parameters() if not self.is_head(n))
+
+    def head_params(self) -> int:
+        return sum(p.numel() for _, p in self.head_parameters())
+
+
+def count_trainable(model: nn.Module, backbone: Backbone) -> tuple[int, int]:
+    """(trainable params outside the head, trainable head params), shared tensors counted once."""
+    body = head = 0
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            if backbone.is_head(n):
+                head += p.numel()
+            else:
+                body += p.numel()
+    return body, head
+
+
+def model_kind(model_type: str) -> str:
+    """'seq2seq' (text-to-text) or 'encoder' (classification/regression head)."""
+    return "seq2seq" if family_of(model_type).seq2seq else "encoder"
+
+
+def resolve_path(name_or_path: str) -> str:
+    """``pkg:<module>`` resolves to a model folder shipped inside an installed Python package."""
+    if name_or_path.startswith("pkg:"):
+        import importlib
+
+        mod_name = name_or_path[4:]
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError as e:
+            raise PeftdsError(f"model package '{mod_name}' is not installed (pip install {mod_name.replace('_', '-')})") from e
+        return str(mod.get_model_path())
+    return name_or_path
+
+
+def build_model(model_cfg: Any, num_labels: int | None = None, device: str | torch.device | None = None) -> nn.Module:
+    """Build the HF model for a ``model`` config.
+
+    ``model.name_or_path`` loads pretrained weights; otherwise ``model.arch`` (a transformers model
+    type) plus ``model.shape`` (config kwargs) builds a random-initialised model seeded by
+    ``model.init_seed``. Encoder-only families get a sequence-classification head with
+    ``num_labels`` outputs (1 = regression); seq2seq families are text-to-text LMs.
+    ``device='meta'`` builds shapes only (for counting on paper-size models without weights).
+    """
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+
+    name = model_cfg.get("name_or_path")
+    extra = {}
+    if num_labels is not None:
+        extra["num_labels"] = num_labels
+        if num_labels == 1:
+            extra["problem_type"] = "regression"
+    attn = model_cfg.get("attn_implementation") or "sdpa"
+    if name and device != "meta":
+        path = resolve_path(name)
+        try:
+            config = AutoConfig.from_pretrained(path)
+        except OSError as e:
+            raise PeftdsError(f"cannot load model '{name}': {str(e).splitlines()[0]}") from e
+        fam = family_of(config.model_type)
+        auto = AutoModelForSeq2SeqLM if fam.seq2seq else AutoModelForSequenceClassification
+        kw = {} if fam.seq2seq else extra
+        return auto.from_pretrained(path, attn_implementation=attn, **kw)
+    if name:
+        config = AutoConfig.from_pretrained(resolve_path(name))
+    else:
+        arch = model_cfg.get("arch")
+        if not arch:
+            raise PeftdsError("model config needs either model.name_or_path or model.arch (+ model.shape)")
+        try:
+            config = AutoConfig.for_model(arch, **dict(model_cfg.get("shape") or {}))
+        except ValueError as e:
+            raise PeftdsError(f"unknown model.arch '{arch}': {e}") from e
+    fam = family_of(config.model_type)
+    if not fam.seq2seq:
+        for k, v in extra.items():
+            setattr(config, k, v)
+    config._attn_implementation = attn
+    auto = AutoModelForSeq2SeqLM if fam.seq2seq else AutoModelForSequenceClassification
+    if device == "meta":
+        with torch.device("meta"):
+            return auto.from_config(config, attn_implementation=attn)
+    seed = int(model_cfg.get("init_seed", 0))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return auto.from_config(config, attn_implementation=attn)

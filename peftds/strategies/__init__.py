@@ -1,0 +1,25 @@
+"""The four PEFT strategies (SPEC §4), one module each, behind one registry."""
+from __future__ import annotations
+
+from ..errors import PeftdsError
+from .adapter import Adapter
+from .base import AttnShape, LayerShape, Strategy
+from .bitfit import BitFit
+from .lora import LoRA
+from .prefix import Prefix
+
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in (Adapter(), Prefix(), BitFit(), LoRA())}
+# Order in which strategies are applied inside a layer: BitFit first (it touches the raw Linears),
+# then LoRA (wraps q/v), then adapters and prefixes (hooks around sublayers / attention).
+APPLY_ORDER = ("bitfit", "lora", "adapter", "prefix")
+NAMES = ("adapter", "prefix", "bitfit", "lora")
+
+
+def get_strategy(name: str) -> Strategy:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise PeftdsError(f"unknown strategy '{name}' (known: {', '.join(NAMES)})") from None
+
+
+__all__ = ["STRATEGIES", "APPLY_ORDER", "NAMES", "get_strategy", "Strategy", "LayerShape", "AttnShape"]
