@@ -147,6 +147,8 @@ class Backbone:
         self.model = model
         self.family = family_of(model.config.model_type)
         self.layers: list[Layer] = _LAYER_BUILDERS[self.family.name](model)
+        # Counted once, before strategies add parameters: the budget's reference (SPEC §3).
+        self._backbone_params = sum(p.numel() for n, p in model.named_parameters() if not self.is_head(n))
 
     @property
     def seq2seq(self) -> bool:
@@ -162,8 +164,9 @@ class Backbone:
         return [(n, p) for n, p in self.model.named_parameters() if self.is_head(n)]
 
     def backbone_params(self) -> int:
-        """Parameters of the pretrained network, task head excluded (tied weights counted once)."""
-        return sum(p.numel() for n, p in self.model.named_parameters() if not self.is_head(n))
+        """Parameters of the pretrained network as built (before any strategy), task head excluded
+        (tied weights counted once)."""
+        return self._backbone_params
 
     def head_params(self) -> int:
         return sum(p.numel() for _, p in self.head_parameters())
@@ -200,54 +203,55 @@ def resolve_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def _hf_config(model_cfg: Any, allow_fallback: bool):
+    """The transformers config for a model config: from the pretrained folder/hub id when
+    ``model.pretrained`` (the default when a name is given), else from ``model.arch`` + ``model.shape``.
+    With ``allow_fallback`` (shape-only builds) an unreachable pretrained config falls back to the shape."""
+    from transformers import AutoConfig
+
+    name = model_cfg.get("name_or_path")
+    arch = model_cfg.get("arch")
+    if name and model_cfg.get("pretrained", True):
+        try:
+            return AutoConfig.from_pretrained(resolve_path(name)), True
+        except OSError as e:
+            if not (allow_fallback and arch):
+                raise PeftdsError(f"cannot load model '{name}': {str(e).splitlines()[0]}") from e
+    if not arch:
+        raise PeftdsError("model config needs model.name_or_path (pretrained) or model.arch + model.shape")
+    try:
+        return AutoConfig.for_model(arch, **dict(model_cfg.get("shape") or {})), False
+    except (ValueError, TypeError) as e:
+        raise PeftdsError(f"cannot build model.arch '{arch}' with model.shape: {e}") from e
+
+
 def build_model(model_cfg: Any, num_labels: int | None = None, device: str | torch.device | None = None) -> nn.Module:
     """Build the HF model for a ``model`` config.
 
-    ``model.name_or_path`` loads pretrained weights; otherwise ``model.arch`` (a transformers model
-    type) plus ``model.shape`` (config kwargs) builds a random-initialised model seeded by
-    ``model.init_seed``. Encoder-only families get a sequence-classification head with
-    ``num_labels`` outputs (1 = regression); seq2seq families are text-to-text LMs.
-    ``device='meta'`` builds shapes only (for counting on paper-size models without weights).
+    Pretrained weights come from ``model.name_or_path`` (a hub id, a folder, or ``pkg:<module>`` for a
+    model shipped in a pip package); with ``model.pretrained=false`` (or no name) ``model.arch`` (a
+    transformers model type) plus ``model.shape`` (config kwargs) builds a random-initialised model
+    seeded by ``model.init_seed``. Encoder-only families get a sequence-classification head with
+    ``num_labels`` outputs (1 = regression); seq2seq families are text-to-text LMs. ``device='meta'``
+    builds shapes only (counting paper-size models without weights).
     """
-    from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
-    name = model_cfg.get("name_or_path")
-    extra = {}
-    if num_labels is not None:
-        extra["num_labels"] = num_labels
-        if num_labels == 1:
-            extra["problem_type"] = "regression"
-    attn = model_cfg.get("attn_implementation") or "sdpa"
-    if name and device != "meta":
-        path = resolve_path(name)
-        try:
-            config = AutoConfig.from_pretrained(path)
-        except OSError as e:
-            raise PeftdsError(f"cannot load model '{name}': {str(e).splitlines()[0]}") from e
-        fam = family_of(config.model_type)
-        auto = AutoModelForSeq2SeqLM if fam.seq2seq else AutoModelForSequenceClassification
-        kw = {} if fam.seq2seq else extra
-        return auto.from_pretrained(path, attn_implementation=attn, **kw)
-    if name:
-        config = AutoConfig.from_pretrained(resolve_path(name))
-    else:
-        arch = model_cfg.get("arch")
-        if not arch:
-            raise PeftdsError("model config needs either model.name_or_path or model.arch (+ model.shape)")
-        try:
-            config = AutoConfig.for_model(arch, **dict(model_cfg.get("shape") or {}))
-        except ValueError as e:
-            raise PeftdsError(f"unknown model.arch '{arch}': {e}") from e
+    meta = str(device) == "meta"
+    config, pretrained = _hf_config(model_cfg, allow_fallback=meta)
     fam = family_of(config.model_type)
-    if not fam.seq2seq:
-        for k, v in extra.items():
-            setattr(config, k, v)
-    config._attn_implementation = attn
     auto = AutoModelForSeq2SeqLM if fam.seq2seq else AutoModelForSequenceClassification
-    if device == "meta":
+    attn = model_cfg.get("attn_implementation") or "sdpa"
+    head = {}
+    if not fam.seq2seq and num_labels is not None:
+        head = {"num_labels": num_labels, "problem_type": "regression" if num_labels == 1 else None}
+    if pretrained and not meta:
+        return auto.from_pretrained(resolve_path(model_cfg["name_or_path"]), attn_implementation=attn, **head)
+    for k, v in head.items():
+        setattr(config, k, v)
+    if meta:
         with torch.device("meta"):
             return auto.from_config(config, attn_implementation=attn)
-    seed = int(model_cfg.get("init_seed", 0))
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(int(model_cfg.get("init_seed", 0)))
         return auto.from_config(config, attn_implementation=attn)

@@ -1,0 +1,34 @@
+# peftds: `make run` trains the embedded default, `make test` runs the test suite (both offline).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Real data for offline runs: PEFTDS_DATA if set, else ../shared/data when it exists.
+PEFTDS_DATA ?= $(wildcard $(abspath ..)/shared/data)
+export PEFTDS_DATA
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-fast inspect-demo
+
+# torch is pinned (torch==2.13.0) in pyproject.toml, so it installs in this same step.
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install ## the embedded default: LoRA on pretrained MiniLM-L6, 2000 SST-2 sentences, offline
+	$(BIN)/peftds train
+
+test: install ## the whole suite (CI runs exactly this)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install ## skip the slow real-model/real-data tests
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+inspect-demo: install
+	$(BIN)/peftds inspect model=tiny_t5 design=spindle_t5base

@@ -1,0 +1,75 @@
+"""Config composition: the Hydra tree in conf/, plus design/space YAML files given by path."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from .errors import PeftdsError
+
+CONF_DIR = Path(os.environ.get("PEFTDS_CONF") or Path(__file__).resolve().parent.parent / "conf")
+# Groups whose value may also be a YAML file path (e.g. the design a search wrote).
+FILE_GROUPS = ("design", "space")
+
+
+def conf_dir() -> Path:
+    if not (CONF_DIR / "config.yaml").exists():
+        raise PeftdsError(f"config tree not found at {CONF_DIR} (set PEFTDS_CONF to the repo's conf/ folder)")
+    return CONF_DIR
+
+
+def expand_file_overrides(overrides: Sequence[str]) -> list[str]:
+    """`design=path/to/x.yaml` -> `design=x` plus a search-path entry for a temporary group folder.
+
+    Hydra only picks group options from its search path, so a file given by path is copied into
+    <tmp>/<group>/<stem>.yaml and that folder is added with `hydra.searchpath`.
+    """
+    out, extra_dirs = [], []
+    for ov in overrides:
+        m = re.fullmatch(r"(\+?)(%s)=(.+)" % "|".join(FILE_GROUPS), ov)
+        if m and (m.group(3).endswith((".yaml", ".yml")) or os.sep in m.group(3)):
+            path = Path(m.group(3)).expanduser()
+            if not path.is_file():
+                raise PeftdsError(f"{m.group(2)} file not found: {path}")
+            root = Path(tempfile.mkdtemp(prefix="peftds-conf-"))
+            (root / m.group(2)).mkdir()
+            stem = re.sub(r"[^A-Za-z0-9_]", "_", path.stem)
+            shutil.copy(path, root / m.group(2) / f"{stem}.yaml")
+            if m.group(2) == "design":  # the copied file may list `base_hparams` in its defaults
+                shutil.copy(conf_dir() / "design" / "base_hparams.yaml", root / "design" / "base_hparams.yaml")
+            extra_dirs.append(root)
+            out.append(f"{m.group(1)}{m.group(2)}={stem}")
+        else:
+            out.append(ov)
+    if extra_dirs:
+        paths = ",".join(f"file://{d}" for d in extra_dirs)
+        out.append(f"hydra.searchpath=[{paths}]")
+    return out
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "config"):
+    """Compose the config tree without starting a Hydra run (no run dir, no logging set-up)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = expand_file_overrides(overrides)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
+    except PeftdsError:
+        raise
+    except Exception as e:  # Hydra/OmegaConf errors: unknown key, unknown group option, bad syntax
+        raise PeftdsError(hydra_error_line(e)) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def hydra_error_line(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    text = " ".join(line.strip() for line in msg if line.strip())
+    return text or type(e).__name__

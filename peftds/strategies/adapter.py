@@ -1,0 +1,150 @@
+"""Bottleneck adapters (SPEC §4).
+
+An adapter is ``up(act(down(z)))`` with ``down: d -> b`` and ``up: b -> d`` (both with bias), ``up``
+zero-initialised so the model's outputs are unchanged before training (``down`` keeps the default
+``nn.Linear`` initialisation). Cost per site 2·d·b + b + d (d = d_model, b = bottleneck size).
+
+Sites (hyper-parameter ``placement``): ``"ffn"`` (default) = the feed-forward sublayer,
+``"attn"`` = every attention sublayer of the layer (self, and cross in decoder layers), ``"both"``.
+A site is the module whose output is the sublayer output before dropout and the residual add
+(``Layer.ffn_out`` / ``Layer.attn_out``: T5 ``wo`` / ``o``, BART ``fc2`` / ``out_proj``, BERT
+``output.dense`` / ``attention.output.dense``). That module is replaced by :class:`AdapterWrapped`,
+which keeps it as the child ``base_layer`` (stable state-dict names; composes with a LoRA wrapper
+already there and with BitFit biases on the innermost Linear).
+
+``variant``:
+
+* ``"sequential"`` (Houlsby): ``y = h + adapter(h)`` with ``h`` the site module's output.
+* ``"parallel"`` (He et al. 2022): ``y = h + adapter(x)`` with ``x`` the *sublayer input*, i.e. the
+  hidden state (d_model wide) the sublayer reads, not the site module's own input (FFN output
+  projections read d_ff). ``x`` is taken from a forward pre-hook on the sublayer's first Linear:
+  for an attention site its query projection (its input is the normalised / raw hidden state the
+  attention reads for its queries), for the FFN the first FFN Linear (T5 ``wi``/``wi_0``, BART
+  ``fc1``, BERT ``intermediate.dense``). The hook stores the tensor on the wrapper, which consumes
+  it in the same forward (gradient checkpointing re-runs both, in the same order).
+
+``activation``: relu (default), gelu, tanh, silu.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones import Backbone, Layer
+from ..errors import PeftdsError
+from .base import LayerShape, Strategy
+from .lora import LinearWrapper, innermost_linear
+
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "silu": F.silu}
+PLACEMENTS = ("ffn", "attn", "both")
+VARIANTS = ("sequential", "parallel")
+
+
+class Bottleneck(nn.Module):
+    """``up(act(down(z)))``; ``up`` starts at zero."""
+
+    def __init__(self, d: int, b: int, activation: str, device=None, dtype=None):
+        super().__init__()
+        if b < 1:
+            raise PeftdsError(f"adapter bottleneck must be >= 1 (got {b})")
+        self.activation = activation
+        self.down = nn.Linear(d, b, device=device, dtype=dtype)
+        self.up = nn.Linear(b, d, device=device, dtype=dtype)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.up(ACTIVATIONS[self.activation](self.down(z)))
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation}"
+
+
+class AdapterWrapped(LinearWrapper):
+    """A sublayer output module followed by an adapter (sequential or parallel)."""
+
+    def __init__(self, base_layer: nn.Module, adapter: Bottleneck, variant: str):
+        super().__init__(base_layer)
+        self.adapter = adapter
+        self.variant = variant
+        self._stash: torch.Tensor | None = None
+
+    def _capture(self, module: nn.Module, args: tuple) -> None:
+        """Forward pre-hook on the sublayer's first Linear (parallel variant)."""
+        self._stash = args[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.base_layer(x)
+        if self.variant == "parallel":
+            z, self._stash = self._stash, None
+            if z is None:
+                raise RuntimeError("parallel adapter: the sublayer input was not captured in this forward")
+        else:
+            z = h
+        w = self.adapter.down.weight
+        if z.dtype != w.dtype and not torch.is_autocast_enabled(z.device.type):
+            z = z.to(w.dtype)
+        return h + self.adapter(z).to(h.dtype)
+
+    def extra_repr(self) -> str:
+        return f"variant={self.variant}"
+
+
+def _check(hp: Mapping[str, Any]) -> tuple[str, str, str]:
+    placement, activation, variant = hp["placement"], hp["activation"], hp["variant"]
+    if placement not in PLACEMENTS:
+        raise PeftdsError(f"adapter.placement must be one of {', '.join(PLACEMENTS)} (got {placement!r})")
+    if activation not in ACTIVATIONS:
+        raise PeftdsError(f"adapter.activation must be one of {', '.join(ACTIVATIONS)} (got {activation!r})")
+    if variant not in VARIANTS:
+        raise PeftdsError(f"adapter.variant must be one of {', '.join(VARIANTS)} (got {variant!r})")
+    return placement, activation, variant
+
+
+def _ffn_input_linear(layer: Layer) -> nn.Module:
+    """The first Linear of the FFN sublayer (reads the FFN input)."""
+    attn = {(id(p), a) for site in layer.attentions for p, a in site.projections.values()}
+    attn |= {(id(p), a) for p, a in layer.attn_out}
+    out = (id(layer.ffn_out[0]), layer.ffn_out[1])
+    for parent, attr in layer.linears:
+        key = (id(parent), attr)
+        if key not in attn and key != out:
+            return getattr(parent, attr)
+    raise PeftdsError(f"layer {layer.index}: cannot find the feed-forward input Linear for a parallel adapter")
+
+
+class Adapter(Strategy):
+    name = "adapter"
+    scalable = True
+    defaults = {"placement": "ffn", "activation": "relu", "variant": "sequential"}
+
+    def cost(self, shape: LayerShape, size: int, hp: Mapping[str, Any]) -> int:
+        placement, _, _ = _check(hp)
+        sites = (placement in ("ffn", "both")) + (len(shape.attentions) if placement in ("attn", "both") else 0)
+        d = shape.d_model
+        return sites * (2 * d * size + size + d)
+
+    def apply(self, backbone: Backbone, layer: Layer, size: int, hp: Mapping[str, Any]) -> None:
+        placement, activation, variant = _check(hp)
+        sites: list[tuple[tuple[nn.Module, str], nn.Module | None]] = []
+        parallel = variant == "parallel"
+        if placement in ("attn", "both"):
+            for site, where in zip(layer.attentions, layer.attn_out):
+                sites.append((where, site.linear("q") if parallel else None))
+        if placement in ("ffn", "both"):
+            sites.append((layer.ffn_out, _ffn_input_linear(layer) if parallel else None))
+        for (parent, attr), source in sites:
+            mod = getattr(parent, attr)
+            if isinstance(mod, AdapterWrapped):
+                raise PeftdsError(f"layer {layer.index}: '{attr}' already has an adapter")
+            w = innermost_linear(mod).weight
+            wrapped = AdapterWrapped(mod, Bottleneck(layer.d_model, size, activation, w.device, w.dtype), variant)
+            if source is not None:
+                src_in = innermost_linear(source).in_features
+                if src_in != layer.d_model:
+                    raise PeftdsError(f"layer {layer.index}: parallel adapter input has width {src_in}, not d_model")
+                source.register_forward_pre_hook(wrapped._capture)
+            setattr(parent, attr, wrapped)

@@ -1,0 +1,137 @@
+"""LoRA (SPEC §4): a rank-r update on chosen attention projections of every attention site.
+
+``y = base(x) + (dropout(x) A^T B^T) * alpha / r`` with ``A`` (r x d_in) initialised like an
+``nn.Linear`` weight (kaiming-uniform, a=sqrt(5)) and ``B`` (d_out x r) zero, so the model's outputs
+are unchanged before training. Cost r * (d_in + d_out) per adapted matrix.
+
+The projection at ``(parent, attr)`` is replaced by :class:`LoRALinear`, which keeps the original
+``nn.Linear`` as its child ``base_layer`` (stable state-dict names, and what
+:class:`~peftds.strategies.base.LayerShape` reads). This module also holds the small wrapper base
+class shared with the adapter strategy: every peftds wrapper around a Linear exposes ``weight``,
+``bias``, ``in_features`` and ``out_features`` of the innermost Linear, because model code reads
+them (T5's FFN checks ``self.wo.weight.dtype``) and so do cost formulas.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones import Backbone, Layer
+from ..errors import PeftdsError
+from .base import LayerShape, Strategy
+
+GENERIC_PROJECTIONS = ("q", "k", "v", "o")
+
+
+class LinearWrapper(nn.Module):
+    """Base of peftds wrappers around a Linear: the wrapped module is the child ``base_layer``."""
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__()
+        self.base_layer = base_layer
+
+    @property
+    def linear(self) -> nn.Linear:
+        """The innermost ``nn.Linear`` (through any stack of peftds wrappers)."""
+        return innermost_linear(self.base_layer)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.linear.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.linear.bias
+
+    @property
+    def in_features(self) -> int:
+        return self.linear.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.linear.out_features
+
+
+def innermost_linear(module: nn.Module) -> nn.Module:
+    """Follow ``base_layer`` links down to the original Linear."""
+    while isinstance(module, LinearWrapper):
+        module = module.base_layer
+    return module
+
+
+class LoRALinear(LinearWrapper):
+    """``base_layer(x) + dropout(x) @ lora_A^T @ lora_B^T * scaling``."""
+
+    def __init__(self, base_layer: nn.Module, rank: int, alpha: float, dropout: float = 0.0):
+        super().__init__(base_layer)
+        lin = innermost_linear(base_layer)
+        if rank < 1:
+            raise PeftdsError(f"LoRA rank must be >= 1 (got {rank})")
+        w = lin.weight
+        self.rank = int(rank)
+        self.scaling = float(alpha) / self.rank
+        self.lora_A = nn.Parameter(torch.empty(self.rank, lin.in_features, device=w.device, dtype=w.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(lin.out_features, self.rank, device=w.device, dtype=w.dtype))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        z = self.lora_dropout(x)
+        if z.dtype != self.lora_A.dtype and not torch.is_autocast_enabled(z.device.type):
+            z = z.to(self.lora_A.dtype)
+        z = F.linear(F.linear(z, self.lora_A), self.lora_B)
+        return out + (z * self.scaling).to(out.dtype)
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, scaling={self.scaling:g}"
+
+
+def _targets(hp: Mapping[str, Any]) -> list[str]:
+    t = hp["targets"]
+    if isinstance(t, str):
+        t = [s.strip() for s in t.split(",") if s.strip()]
+    t = list(dict.fromkeys(t))
+    bad = [n for n in t if n not in GENERIC_PROJECTIONS]
+    if bad or not t:
+        raise PeftdsError(f"lora.targets must be a non-empty subset of q,k,v,o (got {hp['targets']!r})")
+    return t
+
+
+def _descend(parent: nn.Module, attr: str) -> tuple[nn.Module, str]:
+    """(parent, attr) of the Linear (or LoRALinear) under any non-LoRA peftds wrappers."""
+    mod = getattr(parent, attr)
+    while isinstance(mod, LinearWrapper) and not isinstance(mod, LoRALinear):
+        parent, attr, mod = mod, "base_layer", mod.base_layer
+    return parent, attr
+
+
+class LoRA(Strategy):
+    name = "lora"
+    scalable = True
+    defaults = {"targets": ["q", "v"], "alpha": 16, "dropout": 0.0}
+
+    def cost(self, shape: LayerShape, size: int, hp: Mapping[str, Any]) -> int:
+        targets = _targets(hp)
+        total = 0
+        for att in shape.attentions:
+            for t in targets:
+                d_in, d_out = att.proj_dims[t]
+                total += size * (d_in + d_out)
+        return total
+
+    def apply(self, backbone: Backbone, layer: Layer, size: int, hp: Mapping[str, Any]) -> None:
+        targets = _targets(hp)
+        for site in layer.attentions:
+            for t in targets:
+                parent, attr = _descend(*site.projections[t])
+                mod = getattr(parent, attr)
+                if isinstance(mod, LoRALinear):
+                    raise PeftdsError(f"layer {layer.index}: projection '{t}' already has LoRA")
+                if not isinstance(mod, nn.Linear):
+                    raise PeftdsError(f"layer {layer.index}: projection '{t}' is {type(mod).__name__}, not a Linear")
+                setattr(parent, attr, LoRALinear(mod, size, hp["alpha"], float(hp["dropout"])))

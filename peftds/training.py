@@ -1,0 +1,379 @@
+"""`peftds train`: fine-tune one design on one task with the HF Trainer and record the run.
+
+Every run writes ``result.json`` into its Hydra run dir as it goes (status running -> ok / failed /
+interrupted, per-epoch metrics) and the trained strategy parameters (peftds.apply save format).
+The same job function serves search trials (peftds.search), which read its returned record.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .errors import PeftdsError
+
+CLI_COMMANDS: dict[str, Any] = {}
+RESULT_FILE = "result.json"
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+class RunRecord:
+    """result.json, rewritten atomically on every update so an interrupted run keeps what it had."""
+
+    def __init__(self, run_dir: Path, **fields: Any):
+        self.path = run_dir / RESULT_FILE
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.data: dict[str, Any] = {"status": "running", "error": None, "run_dir": str(run_dir), **fields}
+        self.flush()
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+        self.flush()
+
+    def flush(self) -> None:
+        write_json_atomic(self.path, self.data)
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("peftds", "torch", "transformers", "datasets", "hydra-core", "peft"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        repo = Path(__file__).resolve().parent.parent
+        return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def load_tokenizer(model_cfg: Mapping[str, Any], seq2seq: bool):
+    from transformers import AutoTokenizer
+
+    from .backbones import resolve_path
+    from .data import prepare_tokenizer
+
+    name = model_cfg.get("tokenizer") or model_cfg.get("name_or_path")
+    if not name:
+        raise PeftdsError("model config has neither model.tokenizer nor model.name_or_path for the tokenizer")
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve_path(name))
+    except OSError as e:
+        raise PeftdsError(f"cannot load tokenizer '{name}': {str(e).splitlines()[0]}") from e
+    return prepare_tokenizer(tok, "seq2seq" if seq2seq else "encoder")
+
+
+# ----------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def predict(model, task, encoded, tokenizer, seq2seq: bool, batch_size: int) -> list[Any]:
+    """Predictions on an encoded split: head outputs (encoder), label-word ranking (text-to-text
+    classification/regression) or generation (XSum, WMT)."""
+    from .batching import Collator
+    from .data import label_word_ids
+    from .tasks import rank_labels
+
+    model.eval()
+    device = next(model.parameters()).device
+    collate = Collator(tokenizer.pad_token_id, seq2seq)
+    order = sorted(range(len(encoded)), key=lambda i: encoded[i]["length"])  # length-sorted: little padding
+    preds: list[Any] = [None] * len(encoded)
+    cand_ids = label_word_ids(task, tokenizer) if seq2seq and task.kind != "generation" else None
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = collate([{k: encoded[i][k] for k in ("input_ids", "attention_mask")} for i in idx])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
+        with autocast:
+            if not seq2seq:
+                logits = model(**batch).logits.float()
+                out = logits.squeeze(-1).tolist() if task.kind == "regression" else logits.argmax(-1).tolist()
+            elif task.kind != "generation":
+                ranked = rank_labels(model, batch["input_ids"], batch["attention_mask"], cand_ids)
+                out = [task.candidate_to_prediction(int(i)) for i in ranked.tolist()]
+            else:
+                gen = model.generate(**batch, num_beams=task.num_beams, max_new_tokens=task.max_target_len)
+                out = [task.decode(t) for t in tokenizer.batch_decode(gen, skip_special_tokens=True)]
+        for i, p in zip(idx, out):
+            preds[i] = p
+    return preds
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def references(task, raw) -> list[Any]:
+    col = raw[task.label_column]
+    if task.kind == "classification":
+        return [int(x) for x in col]
+    if task.kind == "regression":
+        return [float(x) for x in col]
+    return [task.target_text(r) for r in raw] if task.flatten else [str(x) for x in col]
+
+
+# ----------------------------------------------------------------------------------- the job
+def _trainer_class():
+    from transformers import Trainer, TrainerCallback
+
+    from .batching import LengthGroupedBatchSampler
+
+    class PeftdsTrainer(Trainer):
+        """HF Trainer with length-grouped batches and task-specific evaluation."""
+
+        def __init__(self, *args, lengths=None, eval_fn=None, length_grouped=True, **kw):
+            super().__init__(*args, **kw)
+            self._lengths, self._eval_fn, self._length_grouped = lengths, eval_fn, length_grouped
+
+        def get_train_dataloader(self):
+            if not self._length_grouped:
+                return super().get_train_dataloader()
+            sampler = LengthGroupedBatchSampler(self._lengths, self.args.per_device_train_batch_size,
+                                                seed=self.args.seed)
+            loader = torch.utils.data.DataLoader(self.train_dataset, batch_sampler=sampler,
+                                                 collate_fn=self.data_collator, num_workers=0)
+            return self.accelerator.prepare(loader)
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            metrics = {f"{metric_key_prefix}_{k}": v for k, v in self._eval_fn(self.model).items()}
+            metrics["epoch"] = self.state.epoch
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            self.model.train()
+            return metrics
+
+    class FiniteLossGuard(TrainerCallback):
+        """Stop at the first logged non-finite loss (HF would otherwise train on NaNs)."""
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                raise NonFiniteLoss(f"non-finite training loss ({loss}) at step {state.global_step}")
+
+    return PeftdsTrainer, FiniteLossGuard
+
+
+def run_dir_of(cfg) -> Path:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except (ValueError, ImportError):
+        return Path(cfg.train.get("output_dir") or "outputs/train/manual")
+
+
+def train_job(cfg, run_dir: Path | None = None) -> dict[str, Any]:
+    """Train cfg.design on cfg.task; returns the result record (also written to result.json)."""
+    from omegaconf import OmegaConf
+
+    start = time.time()
+    run_dir = Path(run_dir or run_dir_of(cfg))
+    rec = RunRecord(run_dir, task=cfg.task.get("name"), design=cfg.design.get("name"), seed=int(cfg.seed),
+                    config=OmegaConf.to_container(cfg, resolve=True), versions=versions(), git_commit=git_commit(),
+                    trial=OmegaConf.to_container(cfg.trial) if cfg.get("trial") else None)
+    try:
+        _train(cfg, run_dir, rec, start)
+    except KeyboardInterrupt:
+        rec.update(status="interrupted", error="interrupted by the user", wall_time_s=time.time() - start)
+        raise
+    except (PeftdsError, NonFiniteLoss) as e:
+        rec.update(status="failed", error=str(e), wall_time_s=time.time() - start)
+    except Exception as e:  # a crashed trial must not lose its record (the search goes on)
+        rec.update(status="failed", error=f"{type(e).__name__}: {e}", wall_time_s=time.time() - start)
+        if not cfg.train.get("catch_errors", True):
+            raise
+    return rec.data
+
+
+def _train(cfg, run_dir: Path, rec: RunRecord, start: float) -> None:
+    from transformers import TrainingArguments, set_seed
+
+    from .apply import build, save_trained
+    from .backbones import model_kind
+    from .backbones import _hf_config
+    from .batching import Collator
+    from .data import encode, load_splits
+    from .metrics import compute_metrics
+    from .tasks import Task
+
+    tc = cfg.train
+    seed = int(cfg.seed)
+    set_seed(seed)
+    task = Task.from_config(cfg.task)
+    hf_config, _ = _hf_config(cfg.model, allow_fallback=False)
+    seq2seq = model_kind(hf_config.model_type) == "seq2seq"
+    if not seq2seq and task.kind == "generation":
+        raise PeftdsError(f"task '{task.name}' needs a text-to-text model; '{hf_config.model_type}' is encoder-only")
+    tokenizer = load_tokenizer(cfg.model, seq2seq)
+    splits = load_splits(task, cfg.data)
+    eval_split = tc.eval_split
+    if eval_split not in splits:
+        raise PeftdsError(f"train.eval_split '{eval_split}' is not a split of task '{task.name}' ({list(splits)})")
+    kind = "seq2seq" if seq2seq else "encoder"
+    src_len = int(tc.max_source_len or task.max_source_len)
+    tgt_len = int(tc.max_target_len or task.max_target_len)
+    train_ds = encode(task, tokenizer, splits["train"], kind, src_len, tgt_len)
+    eval_raw = splits[eval_split]
+    if tc.get("max_eval_samples") and len(eval_raw) > int(tc.max_eval_samples):
+        eval_raw = eval_raw.select(range(int(tc.max_eval_samples)))
+    eval_ds = encode(task, tokenizer, eval_raw, kind, src_len, tgt_len)
+    refs = references(task, eval_raw)
+
+    num_labels = None if seq2seq else task.num_labels
+    built = build(cfg.model, cfg.design, float(cfg.budget.fraction), num_labels=num_labels, seed=seed)
+    model, plan = built.model, built.plan
+    if seq2seq and model.config.vocab_size < len(tokenizer):
+        raise PeftdsError(f"model vocab ({model.config.vocab_size}) is smaller than the tokenizer ({len(tokenizer)})")
+    rec.update(
+        model=cfg.get("model_name") or cfg.model.get("name_or_path") or cfg.model.get("arch"),
+        plan={"compact": plan.compact(), "digest": plan.digest(), "groups": plan.groups, "tuned": plan.tuned,
+              "allocation": plan.allocation, "strategies": plan.strategies,
+              "layers": [{"group": lp.group, **lp.modules} for lp in plan.layers]},
+        backbone_params=plan.backbone_params, budget_params=plan.budget_params,
+        trainable_params=built.trainable_params, head_params=built.head_params,
+        trainable_pct=100.0 * built.trainable_params / plan.backbone_params,
+        train_examples=len(train_ds), eval_split=eval_split, eval_examples=len(eval_ds), epochs=[],
+    )
+
+    epochs: list[dict[str, Any]] = []
+
+    def eval_fn(m) -> dict[str, float]:
+        preds = predict(m, task, eval_ds, tokenizer, seq2seq, int(tc.eval_batch_size))
+        metrics = compute_metrics(task, preds, refs)
+        epochs.append({"epoch": len(epochs) + 1, **metrics})
+        best = max(epochs, key=lambda e: e["score"])
+        rec.update(epochs=epochs, best=best, last=epochs[-1], score=best["score"])
+        return metrics
+
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported() if tc.bf16 == "auto" else bool(tc.bf16)
+    args = TrainingArguments(
+        output_dir=str(run_dir / "trainer"),
+        per_device_train_batch_size=int(tc.batch_size),
+        per_device_eval_batch_size=int(tc.eval_batch_size),
+        gradient_accumulation_steps=int(tc.grad_accum),
+        learning_rate=float(tc.lr),
+        lr_scheduler_type=str(tc.scheduler),
+        warmup_ratio=float(tc.warmup_ratio),
+        weight_decay=float(tc.weight_decay),
+        num_train_epochs=float(tc.epochs),
+        max_steps=int(tc.max_steps),
+        eval_strategy="epoch" if int(tc.max_steps) <= 0 else "no",
+        save_strategy="no",
+        logging_steps=int(tc.logging_steps),
+        logging_nan_inf_filter=False,
+        report_to=list(tc.report_to) if not isinstance(tc.report_to, str) else tc.report_to,
+        seed=seed,
+        bf16=bf16,
+        use_cpu=not cuda,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=not tc.progress,
+        torch_compile=bool(tc.get("compile", False)),
+    )
+    trainer_cls, guard = _trainer_class()
+    trainer = trainer_cls(
+        model=model, args=args, train_dataset=train_ds,
+        data_collator=Collator(tokenizer.pad_token_id, seq2seq, tc.get("length_buckets")),
+        lengths=train_ds["length"], eval_fn=eval_fn, length_grouped=bool(tc.length_grouped),
+        callbacks=[guard()],
+    )
+    t0 = time.time()
+    out = trainer.train()
+    train_time = time.time() - t0
+    if int(tc.max_steps) > 0 or not epochs:  # step-limited runs evaluate once at the end
+        trainer.evaluate()
+    real_tokens = sum(train_ds["length"])
+    epochs_done = float(trainer.state.epoch or 0)
+    if tc.save_params:
+        save_trained(built, run_dir / "design", extra={"task": task.name})
+    rec.update(
+        status="ok", train_loss=out.training_loss, train_runtime_s=train_time, steps=trainer.state.global_step,
+        train_tokens_per_s=real_tokens * epochs_done / max(train_time, 1e-9), peak_memory_mb=peak_memory_mb(),
+        wall_time_s=time.time() - start,
+    )
+
+
+def summary_line(rec: Mapping[str, Any]) -> str:
+    if rec.get("status") != "ok":
+        return f"peftds train: {rec.get('status')}: {rec.get('error')} (record: {rec.get('run_dir')}/{RESULT_FILE})"
+    best = rec.get("best") or {}
+    return (f"task={rec['task']} design={rec['design']} model={rec.get('model')} "
+            f"params={rec['trainable_params']:,} ({rec['trainable_pct']:.3f}%) "
+            f"{rec['eval_split']} score={rec['score']:.2f} (best epoch {best.get('epoch')}, "
+            f"last {rec['last']['score']:.2f}) time={rec['wall_time_s']:.0f}s -> {rec['run_dir']}")
+
+
+def run_hydra(task_fn, argv: list[str], job_name: str):
+    """Run `task_fn(cfg)` as a Hydra app (run dir, logging, launchers) with these overrides."""
+    import hydra
+
+    from .config import compose, conf_dir, expand_file_overrides
+
+    compose(argv)  # validate first: a bad override is one clear line, before any Hydra output
+    result: dict[str, Any] = {}
+
+    @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
+    def _app(cfg):
+        result["value"] = task_fn(cfg)
+        return result["value"]
+
+    old = sys.argv
+    sys.argv = [f"peftds-{job_name}", *expand_file_overrides(argv), f"hydra.job.name={job_name}"]
+    try:
+        _app()
+    finally:
+        sys.argv = old
+    return result.get("value")
+
+
+def cmd_train(argv: list[str]) -> int:
+    def job(cfg):
+        from omegaconf import open_dict
+
+        with open_dict(cfg):
+            cfg.model_name = next((a.split("=", 1)[1] for a in argv if a.startswith("model=")), "minilm_l6")
+        return train_job(cfg)
+
+    rec = run_hydra(job, argv, "train")
+    if rec is None:
+        return 1
+    print(summary_line(rec))
+    return 0 if rec.get("status") == "ok" else 1
+
+
+CLI_COMMANDS["train"] = cmd_train
