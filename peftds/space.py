@@ -54,3 +54,369 @@ def sample_grouping(num_layers: int, num_groups: int, pattern: str, rng: random.
             f"grouping pattern '{pattern}' is infeasible for L={num_layers} layers in K={num_groups} groups"
         )
     return options[rng.randrange(len(options))]
+
+
+# ----------------------------------------------------------------------------------------------
+# Design spaces (SPEC §5): constraints over the four dimensions; unconstrained ones are sampled.
+# ----------------------------------------------------------------------------------------------
+import hashlib  # noqa: E402
+import json  # noqa: E402
+from dataclasses import dataclass, field, replace  # noqa: E402
+from typing import Any, Mapping, Sequence  # noqa: E402
+
+DIMENSIONS = ("grouping", "allocation", "tuned", "strategies")
+SPACE_KEYS = {"name", "groups", "grouping", "allocation", "tuned", "strategies", "pool", "history", "note"}
+STRATEGY_LETTERS = {"adapter": "A", "prefix": "P", "bitfit": "B", "lora": "L"}
+
+
+def _strategy_names():
+    from .strategies import NAMES
+
+    return NAMES
+
+
+def _allocations():
+    from .budget import ALLOCATIONS
+
+    return ALLOCATIONS
+
+
+def _to_plain(obj: Any) -> Any:
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(obj, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return obj
+
+
+def all_groupings(num_layers: int, num_groups: int, pattern: str | None = None) -> tuple[tuple[int, ...], ...]:
+    """Every split of the stack into `num_groups` consecutive groups (optionally satisfying `pattern`)."""
+    if pattern is not None:
+        return feasible_groupings(num_layers, num_groups, pattern)
+    if not 1 <= num_groups <= num_layers:
+        return ()
+    return tuple(_compositions(num_layers, num_groups))
+
+
+def nonempty_subsets(items: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """All non-empty subsets in a fixed order: by size, then lexicographically by position."""
+    out: list[tuple[Any, ...]] = []
+    for k in range(1, len(items) + 1):
+        out.extend(itertools.combinations(items, k))
+    return out
+
+
+def strategy_label(subset: Sequence[str]) -> str:
+    """A subset of strategies as letters in canonical order, e.g. ('adapter', 'lora') -> 'A+L'."""
+    return "+".join(STRATEGY_LETTERS[s] for s in _strategy_names() if s in subset) or "-"
+
+
+@dataclass(frozen=True)
+class Space:
+    """A design space: a constraint (or None = sampled at random) per dimension.
+
+    grouping:   None (any split into `groups` groups) | a pattern name | explicit sizes
+    allocation: None (uniform among uniform/increasing/decreasing) | one rule
+    tuned:      None (any non-empty subset of groups) | a fixed tuple of 1-based groups
+    strategies: one entry per group: None (random non-empty subset of `pool`) | a fixed subset
+    """
+
+    name: str = "s0"
+    groups: int = 4
+    grouping: str | tuple[int, ...] | None = None
+    allocation: str | None = None
+    tuned: tuple[int, ...] | None = None
+    strategies: tuple[tuple[str, ...] | None, ...] = ()
+    pool: tuple[str, ...] = ()
+    history: tuple[dict, ...] = field(default=(), compare=False)
+
+    # ---------------------------------------------------------------- construction / validation
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | None, where: str = "space") -> "Space":
+        """Validate a space config; every problem names the offending key or value."""
+        cfg = dict(_to_plain(cfg) or {})
+        name = str(cfg.get("name") or "s0")
+        where = f"{where} '{name}'"
+        unknown = sorted(set(cfg) - SPACE_KEYS)
+        if unknown:
+            raise PeftdsError(f"{where}: unknown key(s) {unknown} (known: {sorted(SPACE_KEYS)})")
+        try:
+            k = int(cfg.get("groups") or 4)
+        except (TypeError, ValueError):
+            raise PeftdsError(f"{where}: groups must be an integer, got {cfg.get('groups')!r}") from None
+        if k < 1:
+            raise PeftdsError(f"{where}: groups must be >= 1, got {k}")
+        names = _strategy_names()
+        pool_cfg = cfg.get("pool")
+        pool = tuple(names) if pool_cfg in (None, "all") else tuple(pool_cfg)
+        for s in pool:
+            if s not in names:
+                raise PeftdsError(f"{where}: pool names unknown strategy '{s}' (known: {', '.join(names)})")
+        if not pool:
+            raise PeftdsError(f"{where}: pool is empty")
+        pool = tuple(s for s in names if s in pool)
+        space = cls(name=name, groups=k, pool=pool, strategies=(None,) * k,
+                    history=tuple(dict(h) for h in (cfg.get("history") or [])))
+        for dim in DIMENSIONS:
+            if cfg.get(dim) is not None:
+                space = space.constrain(dim, cfg[dim], where=where)
+        return space
+
+    def _norm(self, dim: str, value: Any, where: str, group: int | None = None):
+        """A constraint value in canonical form (raises on a malformed one)."""
+        value = _to_plain(value)
+        k = self.groups
+        if dim == "grouping":
+            if isinstance(value, str):
+                if value not in PATTERNS:
+                    raise PeftdsError(f"{where}: unknown grouping pattern '{value}' (known: {', '.join(PATTERNS)})")
+                return value
+            if isinstance(value, (list, tuple)):
+                try:
+                    sizes = tuple(int(x) for x in value)
+                except (TypeError, ValueError):
+                    raise PeftdsError(f"{where}: grouping sizes must be integers, got {value}") from None
+                if len(sizes) != k or min(sizes) < 1:
+                    raise PeftdsError(f"{where}: grouping sizes {list(sizes)} must be {k} positive integers")
+                return sizes
+            raise PeftdsError(f"{where}: grouping must be a pattern ({', '.join(PATTERNS)}) or a list of sizes, "
+                              f"got {value!r}")
+        if dim == "allocation":
+            if value not in _allocations():
+                raise PeftdsError(f"{where}: unknown allocation '{value}' (known: {', '.join(_allocations())})")
+            return str(value)
+        if dim == "tuned":
+            if value == "all":
+                return tuple(range(1, k + 1))
+            if isinstance(value, int):
+                value = [value]
+            if not isinstance(value, (list, tuple)) or not value:
+                raise PeftdsError(f"{where}: tuned must be 'all' or a non-empty list of groups, got {value!r}")
+            groups = tuple(sorted({int(g) for g in value}))
+            if min(groups) < 1 or max(groups) > k:
+                raise PeftdsError(f"{where}: tuned groups {list(groups)} must be within 1..{k}")
+            return groups
+        if dim == "strategies":
+            names = _strategy_names()
+
+            def subset(v, g):
+                v = [v] if isinstance(v, str) else list(v or [])
+                if not v:
+                    raise PeftdsError(f"{where}: strategies of group {g} is empty (use null for 'any subset')")
+                for s in v:
+                    if s not in names:
+                        raise PeftdsError(f"{where}: group {g} names unknown strategy '{s}' "
+                                          f"(known: {', '.join(names)})")
+                if len(set(v)) != len(v):
+                    raise PeftdsError(f"{where}: group {g} repeats a strategy: {v}")
+                return tuple(s for s in names if s in v)
+
+            if group is not None:
+                return subset(value, group)
+            if not isinstance(value, (list, tuple)) or len(value) != k:
+                raise PeftdsError(f"{where}: strategies must list one entry (a subset or null) per group "
+                                  f"({k} groups), got {value!r}")
+            return tuple(None if v is None else subset(v, g) for g, v in enumerate(value, 1))
+        raise PeftdsError(f"{where}: unknown dimension '{dim}' (known: {', '.join(DIMENSIONS)})")
+
+    def constrain(self, dim: str, value: Any, group: int | None = None, where: str = "space") -> "Space":
+        """This space with one more constraint; conflicting with an existing one is an error."""
+        v = self._norm(dim, value, where, group)
+        if dim == "strategies":
+            if group is not None:
+                if not 1 <= group <= self.groups:
+                    raise PeftdsError(f"{where}: strategy group {group} is outside 1..{self.groups}")
+                old = self.strategies[group - 1]
+                if old is not None and old != v:
+                    raise PeftdsError(f"{where}: group {group} strategies are already fixed to "
+                                      f"{list(old)}; cannot also be {list(v)}")
+                new = list(self.strategies)
+                new[group - 1] = v
+                return replace(self, strategies=tuple(new))
+            for g, (old, nv) in enumerate(zip(self.strategies, v), 1):
+                if old is not None and nv is not None and old != nv:
+                    raise PeftdsError(f"{where}: group {g} strategies are already fixed to {list(old)}; "
+                                      f"cannot also be {list(nv)}")
+            return replace(self, strategies=tuple(o if o is not None else n for o, n in zip(self.strategies, v)))
+        old = getattr(self, dim)
+        if old is not None and old != v:
+            raise PeftdsError(f"{where}: {dim} is already constrained to {_show(old)}; cannot also be {_show(v)}")
+        return replace(self, **{dim: v})
+
+    def constrained(self, dim: str, group: int | None = None) -> bool:
+        if dim == "strategies":
+            return (self.strategies[group - 1] is not None) if group else all(s is not None for s in self.strategies)
+        return getattr(self, dim) is not None
+
+    def check(self, num_layers: int) -> None:
+        """Raise PeftdsError naming the constraint that no design on an L-layer stack can satisfy."""
+        k = self.groups
+        where = f"space '{self.name}'"
+        if k > num_layers:
+            raise PeftdsError(f"{where}: groups={k} exceeds the L={num_layers}-layer stack")
+        if isinstance(self.grouping, str):
+            if not feasible_groupings(num_layers, k, self.grouping):
+                raise PeftdsError(f"{where}: grouping pattern '{self.grouping}' is infeasible for L={num_layers} "
+                                  f"layers in K={k} groups")
+        elif self.grouping is not None and sum(self.grouping) != num_layers:
+            raise PeftdsError(f"{where}: grouping sizes {list(self.grouping)} do not sum to L={num_layers}")
+        required = self.required_tuned()
+        if self.tuned is not None:
+            missing = [g for g in required if g not in self.tuned]
+            if missing:
+                raise PeftdsError(f"{where}: strategies are fixed for group(s) {missing} but tuned is "
+                                  f"{list(self.tuned)} (an untuned group gets no strategy)")
+            if self.allocation not in (None, "uniform") and len(self.tuned) < 2:
+                raise PeftdsError(f"{where}: allocation '{self.allocation}' needs at least two tuned groups "
+                                  f"(tuned: {list(self.tuned)})")
+        elif self.allocation not in (None, "uniform") and k < 2:
+            raise PeftdsError(f"{where}: allocation '{self.allocation}' needs at least two groups (groups={k})")
+
+    def required_tuned(self) -> tuple[int, ...]:
+        """Groups that must be tuned because their strategies are fixed."""
+        return tuple(g for g, s in enumerate(self.strategies, 1) if s is not None)
+
+    # ---------------------------------------------------------------- sampling
+    def tuned_options(self) -> list[tuple[int, ...]]:
+        if self.tuned is not None:
+            return [self.tuned]
+        req = set(self.required_tuned())
+        opts = [t for t in nonempty_subsets(range(1, self.groups + 1)) if req <= set(t)]
+        if self.allocation not in (None, "uniform"):
+            opts = [t for t in opts if len(t) >= 2]
+        return opts
+
+    def sample(self, num_layers: int, rng: random.Random) -> dict[str, Any]:
+        """One design (conf/design schema, explicit group sizes) drawn from this space.
+
+        Unconstrained dimensions are drawn uniformly: grouping among all splits satisfying the
+        pattern (or all splits), tuned among the allowed non-empty subsets, allocation among the
+        rules, each tuned group's strategies among the non-empty subsets of the pool. Untuned groups
+        get no strategy. Budget feasibility is the caller's (redraw on InfeasibleDesign).
+        """
+        k = self.groups
+        if isinstance(self.grouping, tuple):
+            sizes = self.grouping
+        else:
+            options = all_groupings(num_layers, k, self.grouping)
+            if not options:
+                raise InfeasibleDesign(f"grouping {self.grouping or 'any'} is infeasible for L={num_layers}, K={k}")
+            sizes = options[rng.randrange(len(options))]
+        tuned_opts = self.tuned_options()
+        if not tuned_opts:
+            raise InfeasibleDesign(f"space '{self.name}': no tuned-group subset satisfies the constraints")
+        tuned = tuned_opts[rng.randrange(len(tuned_opts))]
+        allocs = _allocations()
+        allocation = self.allocation or allocs[rng.randrange(len(allocs))]
+        subsets = nonempty_subsets(self.pool)
+        strategies: list[list[str]] = []
+        for g in range(1, k + 1):
+            fixed = self.strategies[g - 1]
+            if g not in tuned:
+                strategies.append([])
+            elif fixed is not None:
+                strategies.append(list(fixed))
+            else:
+                strategies.append(list(subsets[rng.randrange(len(subsets))]))
+        grouping: dict[str, Any] = {"groups": k, "sizes": list(sizes)}
+        if isinstance(self.grouping, str):
+            grouping["pattern"] = self.grouping
+        return {"grouping": grouping, "tuned": list(tuned), "allocation": allocation, "strategies": strategies}
+
+    # ---------------------------------------------------------------- output
+    def to_config(self) -> dict[str, Any]:
+        grouping = list(self.grouping) if isinstance(self.grouping, tuple) else self.grouping
+        strategies = None
+        if any(s is not None for s in self.strategies):
+            strategies = [None if s is None else list(s) for s in self.strategies]
+        out: dict[str, Any] = {
+            "name": self.name,
+            "groups": self.groups,
+            "grouping": grouping,
+            "allocation": self.allocation,
+            "tuned": None if self.tuned is None else list(self.tuned),
+            "strategies": strategies,
+        }
+        if tuple(self.pool) != tuple(_strategy_names()):
+            out["pool"] = list(self.pool)
+        out["history"] = [dict(h) for h in self.history]
+        return out
+
+    def digest(self) -> str:
+        d = self.to_config()
+        d.pop("name", None)
+        d.pop("history", None)
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+    def describe(self) -> str:
+        parts = [f"K={self.groups}", f"grouping={_show(self.grouping) if self.grouping is not None else 'any'}",
+                 f"allocation={self.allocation or 'any'}",
+                 f"tuned={_show(self.tuned) if self.tuned is not None else 'any'}"]
+        if any(s is not None for s in self.strategies):
+            parts.append("strategies=" + " | ".join("?" if s is None else strategy_label(s) for s in self.strategies))
+        return " ".join(parts)
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, tuple):
+        return "[" + ",".join(map(str, v)) + "]"
+    return str(v)
+
+
+def draw_seed(*parts: Any) -> int:
+    """A 64-bit seed from any parts (stable across processes and Python versions)."""
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "big")
+
+
+@dataclass
+class Draw:
+    index: int
+    attempt: int
+    design: dict[str, Any]  # conf/design schema (no name / hparams)
+    plan: Any  # peftds.design.Plan
+
+
+@dataclass
+class DrawStats:
+    draws: list[Draw]
+    infeasible: int = 0  # draws redrawn because the design cannot be realised (budget, allocation)
+    duplicates: int = 0  # draws redrawn because an earlier index already has that design
+    exhausted: bool = False  # fewer than n distinct feasible designs were found
+    last_error: str | None = None
+
+
+def sample_designs(space: Space, num_layers: int, n: int, resolve, *, seed: int, stage: str, option: str,
+                   max_draws: int = 200) -> DrawStats:
+    """N distinct feasible designs from `space`, each reproducible from (seed, stage, option, index).
+
+    Draw i tries attempts a = 0, 1, ... with an RNG seeded by (seed, stage, option, i, a); an attempt
+    whose design is infeasible (`resolve` raises InfeasibleDesign) or repeats an earlier draw's plan
+    (same `Plan.digest()`) is redrawn. After `max_draws` failed attempts for one index the space is
+    taken as exhausted and fewer than n designs are returned.
+    """
+    stats = DrawStats(draws=[])
+    seen: set[str] = set()
+    for i in range(n):
+        for a in range(max_draws):
+            rng = random.Random(draw_seed(seed, stage, option, i, a))
+            design = space.sample(num_layers, rng)
+            try:
+                plan = resolve(design)
+            except InfeasibleDesign as e:
+                stats.infeasible += 1
+                stats.last_error = str(e)
+                continue
+            digest = plan.digest()
+            if digest in seen:
+                stats.duplicates += 1
+                continue
+            seen.add(digest)
+            stats.draws.append(Draw(i, a, design, plan))
+            break
+        else:
+            stats.exhausted = True
+            return stats
+    return stats

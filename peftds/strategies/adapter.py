@@ -2,7 +2,8 @@
 
 An adapter is ``up(act(down(z)))`` with ``down: d -> b`` and ``up: b -> d`` (both with bias), ``up``
 zero-initialised so the model's outputs are unchanged before training (``down`` keeps the default
-``nn.Linear`` initialisation). Cost per site 2·d·b + b + d (d = d_model, b = bottleneck size).
+``nn.Linear`` weight initialisation and a zero bias, so ReLU units start alive whatever the scale
+of the hidden states). Cost per site 2·d·b + b + d (d = d_model, b = bottleneck size).
 
 Sites (hyper-parameter ``placement``): ``"ffn"`` (default) = the feed-forward sublayer,
 ``"attn"`` = every attention sublayer of the layer (self, and cross in decoder layers), ``"both"``.
@@ -53,6 +54,7 @@ class Bottleneck(nn.Module):
         self.activation = activation
         self.down = nn.Linear(d, b, device=device, dtype=dtype)
         self.up = nn.Linear(b, d, device=device, dtype=dtype)
+        nn.init.zeros_(self.down.bias)
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
 

@@ -14,6 +14,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+torch.set_num_threads(1)  # tiny models: threading only adds overhead
+
 from peftds.backbones import Backbone  # noqa: E402
 from peftds.strategies import APPLY_ORDER, LayerShape, get_strategy  # noqa: E402
 

@@ -47,8 +47,12 @@ def test_adapter_formula(family, variant):
             w.adapter.up.weight.normal_()
             w.adapter.up.bias.normal_()
     # sublayer inputs: what the FFN's first Linear and the query projection read
-    ffn_in_mod = {"bart": layer.block.fc1, "t5": layer.block.layer[-1].DenseReluDense.wi,
-                  "bert": layer.block.intermediate.dense}[family]
+    if family == "bart":
+        ffn_in_mod = layer.block.fc1
+    elif family == "t5":
+        ffn_in_mod = layer.block.layer[-1].DenseReluDense.wi
+    else:
+        ffn_in_mod = layer.block.intermediate.dense
     sx, hs = zip(*[_hook_io(m) for m in (ffn_in_mod, layer.attentions[0].linear("q"), ffn.base_layer, att.base_layer)])
     fo, ho = _hook_io(ffn)
     ao, ho2 = _hook_io(att)

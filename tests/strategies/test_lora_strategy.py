@@ -8,6 +8,8 @@ from peftds.strategies.lora import LoRALinear
 
 from strategy_helpers import apply_plan, batch, build_model, frozen, outputs, uniform_plan
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+
 PEFT_TARGETS = {"t5": ["q", "v"], "bart": ["q_proj", "v_proj"], "roberta": ["query", "value"]}
 
 
