@@ -230,6 +230,11 @@ def _train(cfg, run_dir: Path, rec: RunRecord, start: float) -> None:
     from .metrics import compute_metrics
     from .tasks import Task
 
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bar()
+    transformers.logging.set_verbosity_error()  # load reports (e.g. "classifier MISSING") are expected
     tc = cfg.train
     seed = int(cfg.seed)
     set_seed(seed)
@@ -288,7 +293,7 @@ def _train(cfg, run_dir: Path, rec: RunRecord, start: float) -> None:
         gradient_accumulation_steps=int(tc.grad_accum),
         learning_rate=float(tc.lr),
         lr_scheduler_type=str(tc.scheduler),
-        warmup_ratio=float(tc.warmup_ratio),
+        warmup_steps=float(tc.warmup_ratio),  # a float in [0, 1) is a ratio of total steps
         weight_decay=float(tc.weight_decay),
         num_train_epochs=float(tc.epochs),
         max_steps=int(tc.max_steps),
@@ -307,7 +312,7 @@ def _train(cfg, run_dir: Path, rec: RunRecord, start: float) -> None:
     )
     trainer_cls, guard = _trainer_class()
     trainer = trainer_cls(
-        model=model, args=args, train_dataset=train_ds,
+        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
         data_collator=Collator(tokenizer.pad_token_id, seq2seq, tc.get("length_buckets")),
         lengths=train_ds["length"], eval_fn=eval_fn, length_grouped=bool(tc.length_grouped),
         callbacks=[guard()],

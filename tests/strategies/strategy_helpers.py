@@ -14,7 +14,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-torch.set_num_threads(1)  # tiny models: threading only adds overhead
+import pytest  # noqa: E402
 
 from peftds.backbones import Backbone  # noqa: E402
 from peftds.strategies import APPLY_ORDER, LayerShape, get_strategy  # noqa: E402
@@ -22,6 +22,17 @@ from peftds.strategies import APPLY_ORDER, LayerShape, get_strategy  # noqa: E40
 VOCAB = 128
 FAMILIES = ("t5", "bart", "bert", "roberta")
 SEQ2SEQ = ("t5", "bart")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: intra-op threading only adds overhead (restored after each test).
+
+    Autouse in every strategy test module that imports it."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def build_model(family: str, attn: str = "sdpa", seed: int = 0) -> nn.Module:

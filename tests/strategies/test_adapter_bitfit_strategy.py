@@ -7,6 +7,7 @@ import torch
 from peftds.strategies.adapter import AdapterWrapped
 
 from strategy_helpers import FAMILIES, apply_plan, batch, frozen, outputs, uniform_plan
+from strategy_helpers import one_thread  # noqa: F401  (autouse fixture)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -6,7 +6,8 @@ import torch
 
 from peftds.strategies.prefix import PREFIX_ATTR, WRAPPED, _causal_with_prefix, _extended
 
-from strategy_helpers import FAMILIES, SEQ2SEQ, apply_plan, batch, build_model, frozen, outputs, uniform_plan
+from strategy_helpers import FAMILIES, SEQ2SEQ, apply_plan, batch, frozen, outputs, uniform_plan
+from strategy_helpers import one_thread  # noqa: F401  (autouse fixture)
 
 P = 3
 

@@ -10,6 +10,7 @@ from peftds.strategies.lora import LoRALinear
 from peftds.strategies.prefix import ENCODER_ATTR, PREFIX_ATTR
 
 from strategy_helpers import FAMILIES, apply_plan, frozen, trainable
+from strategy_helpers import one_thread  # noqa: F401  (autouse fixture)
 
 VARIANTS = [
     ("adapter", {}),
