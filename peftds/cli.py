@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     except PeftdsError as e:
         print(f"peftds: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("peftds: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # e.g. `peftds inspect ... | head`
         return 0
 

@@ -206,8 +206,10 @@ def _fmt(x: Any, nd: int = 2) -> str:
 def markdown_table(summary: Mapping[str, Any], values: Mapping[str, Any] | None = None) -> str:
     """The stage table: option x task scores, mean, 95% interval, designs/trials, compute, winner."""
     tasks = list(summary.get("tasks") or [])
+    if values and all(_show_value(v) == str(k) for k, v in values.items()):
+        values = None  # option names already say it (grouping, allocation)
     head = ["option"] + (["constraint"] if values else []) + tasks + ["mean", "95% CI", "designs ok", "trials ok/failed",
-                                                                      "GPU·h", "all·h"]
+                                                                      "GPU·h", "wall·h"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for opt in summary["order"]:
         s = summary["options"][opt]
@@ -260,16 +262,20 @@ def plot_stage(summary: Mapping[str, Any], out_dir: Path, title: str) -> list[Pa
     opts = [o for o in summary["order"] if summary["options"][o]["scores"]]
     paths = []
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    every = [x for o in opts for x in summary["options"][o]["scores"]]
+    pad = (max(every) - min(every)) * 0.05 + 0.5 if every else 1.0
+    lo_x, hi_x = (min(every) - pad, max(every) + pad) if every else (0.0, 1.0)
     for o in opts:
         pts = summary["options"][o]["edf"]
-        xs = [p[0] for p in pts]
-        ys = [p[1] for p in pts]
+        xs = [lo_x] + [p[0] for p in pts] + [hi_x]
+        ys = [0.0] + [p[1] for p in pts] + [1.0]
         lw = 2.5 if o == summary.get("winner") else 1.4
-        ax.step([xs[0]] + xs, [0.0] + ys, where="post", lw=lw,
+        ax.step(xs, ys, where="post", lw=lw,
                 label=f"{o} (mean {_fmt(summary['options'][o]['mean'])}, n={len(summary['options'][o]['scores'])})")
     ax.set_xlabel("design score (mean over tasks, held-out)")
     ax.set_ylabel("share of designs with score ≤ x")
     ax.set_ylim(0, 1.02)
+    ax.set_xlim(lo_x, hi_x)
     ax.set_title(f"{title}: EDF of design scores")
     ax.grid(alpha=0.3)
     if opts:
@@ -315,6 +321,9 @@ def stage_summary(stage_dir: str | Path, n_boot: int | None = None) -> dict[str,
         raise PeftdsError(f"{stage_dir} is not a search stage dir (no {STAGE_FILE})")
     meta = json.loads(meta_path.read_text())
     df = read_table(stage_dir / TRIALS_FILE)
+    if meta.get("samples") and not df.empty:  # only the designs this stage sampled (N may have changed)
+        planned = {(o, int(s["index"])) for o, lst in meta["samples"].items() for s in lst}
+        df = df[[(o, int(i)) in planned for o, i in zip(df["option"], df["index"])]]
     summary = summarize(
         df, meta["options_order"], meta["tasks"], min_ok=int(meta["min_ok"]),
         n_boot=int(meta.get("bootstrap", 2000) if n_boot is None else n_boot), seed=int(meta.get("seed", 0)),

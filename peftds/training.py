@@ -234,6 +234,9 @@ def _train(cfg, run_dir: Path, rec: RunRecord, start: float) -> None:
     import transformers
 
     datasets.disable_progress_bar()
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score's "Using default tokenizer."
     transformers.logging.set_verbosity_error()  # load reports (e.g. "classifier MISSING") are expected
     tc = cfg.train
     seed = int(cfg.seed)
@@ -327,7 +330,8 @@ def _train(cfg, run_dir: Path, rec: RunRecord, start: float) -> None:
     if tc.save_params:
         save_trained(built, run_dir / "design", extra={"task": task.name})
     rec.update(
-        status="ok", train_loss=out.training_loss, train_runtime_s=train_time, steps=trainer.state.global_step,
+        status="ok", train_loss=out.training_loss,
+        loss_history=[[h["step"], h["loss"]] for h in trainer.state.log_history if "loss" in h], train_runtime_s=train_time, steps=trainer.state.global_step,
         train_tokens_per_s=real_tokens * epochs_done / max(train_time, 1e-9), peak_memory_mb=peak_memory_mb(),
         wall_time_s=time.time() - start,
     )
