@@ -1,0 +1,84 @@
+# Design-space search targets (issue #4). Included by the Makefile (`include search.mk`); uses its
+# BIN, PEFTDS_DATA and offline settings.
+#
+#   make search-demo            one stage (grouping) on the real MiniLM-L6 + local SST-2, CPU, offline
+#   make search-tiny            stage=all on a tiny random T5 with tiny data (smoke test of the machinery)
+#   make paper-search-t5base    the paper's search on T5-base (GPU + hub access), see the cost notes
+#   make paper-train-s4-t5base  the S4 design (spindle_t5base) on the 8 GLUE tasks, final regime
+#   make paper-baselines-t5base full FT, Adapter, Prefix, LoRA (0.5%) and BitFit (0.1%) on GLUE
+#
+# Every search target resumes: run it again after an interruption and it continues where it stopped
+# (finished trials are never re-run). Launch trials in parallel / on a cluster with SEARCH_LAUNCHER,
+# e.g. SEARCH_LAUNCHER='hydra/launcher=joblib hydra.launcher.n_jobs=8 search.gpu_slots=8' (8 GPUs of
+# one machine) or SEARCH_LAUNCHER='hydra/launcher=submitit_slurm hydra.launcher.gpus_per_node=1
+# hydra.launcher.partition=<p> hydra.launcher.timeout_min=240' (one SLURM job per trial).
+
+SEARCH_OUT ?= outputs/search
+SEARCH_LAUNCHER ?=
+SEARCH_ARGS ?=
+PAPER_OUT ?= outputs/paper
+PAPER_TASKS ?= cola sst2 mrpc qqp stsb mnli qnli rte
+PAPER_EPOCHS ?= 10
+PAPER_ARGS ?=
+
+.PHONY: search-demo search-demo-clean search-tiny paper-search-t5base paper-train-s4-t5base paper-baselines-t5base
+
+# search=demo: stage=grouping (5 options) x N=3 designs x SST-2, 1 epoch on 1000 training sentences,
+# scored on 200 held-out sentences: 15 trials. Measured on 2 CPU cores: see search-demo's
+# note in the project docs / the lead's report. The report lands in $(SEARCH_OUT)/demo/report.md.
+search-demo: install ## one search stage end to end on CPU (MiniLM-L6, local SST-2), offline
+	$(BIN)/peftds search search=demo stage=grouping search.dir=$(SEARCH_OUT)/demo $(SEARCH_LAUNCHER) $(SEARCH_ARGS)
+	$(BIN)/peftds report $(SEARCH_OUT)/demo
+
+search-demo-clean:
+	rm -rf $(SEARCH_OUT)/demo
+
+# Every stage chained on the 24-layer tiny T5 (83 trials of a few seconds each on CPU).
+search-tiny: install
+	$(BIN)/peftds search stage=all model=tiny_t5 search=tiny search.dir=$(SEARCH_OUT)/tiny_t5 $(SEARCH_LAUNCHER) $(SEARCH_ARGS)
+	$(BIN)/peftds report $(SEARCH_OUT)/tiny_t5
+
+# ---------------------------------------------------------------------------------------------
+# Paper reproduction (Chen et al. 2023) on T5-base: needs a GPU machine with hub access (weights
+# google-t5/t5-base, GLUE from nyu-mll/glue), so the offline switches are turned off here.
+#
+# Cost (estimate from SPEC §8: a PEFT step of T5-base, batch 128, bf16, on one H100 takes ~0.2 s;
+# GLUE's 8 training sets hold ~0.95M examples): one search design = 8 tasks x 3 epochs ~ 22k steps
+# ~ 1.2 H100-hours (less with length-grouped batches: GLUE inputs are mostly far below 128 tokens).
+# Per stage at N=100: grouping 500 designs (~600 GPU-h), allocation 300 (~370), tunable groups
+# 1500 (~1.8k), strategy 4 x 1500 (~7.4k): ~10k H100-hours for stage=all. Scale with
+# SEARCH_ARGS='search.n=20' (~2k GPU-h) or a cheaper task set (search.tasks=[sst2,mrpc,rte,stsb,cola]).
+paper-search-t5base: export HF_HUB_OFFLINE := 0
+paper-search-t5base: export HF_DATASETS_OFFLINE := 0
+paper-search-t5base: export TRANSFORMERS_OFFLINE := 0
+paper-search-t5base: install
+	$(BIN)/peftds search stage=all search=default model=t5_base data.dir=null search.dir=$(SEARCH_OUT)/paper_t5base $(SEARCH_LAUNCHER) $(SEARCH_ARGS)
+	$(BIN)/peftds report $(SEARCH_OUT)/paper_t5base
+
+# The S4-model (conf/design/spindle_t5base.yaml) trained in the final regime (paper protocol,
+# $(PAPER_EPOCHS) epochs) on each GLUE task and scored on the dev sets: 8 runs, ~0.95M x 10 / 128
+# ~ 74k steps ~ 4 H100-hours in all. Use DESIGN=<file> for the design a search wrote
+# ($(SEARCH_OUT)/paper_t5base/best_design.yaml).
+DESIGN ?= spindle_t5base
+paper-train-s4-t5base: export HF_HUB_OFFLINE := 0
+paper-train-s4-t5base: export HF_DATASETS_OFFLINE := 0
+paper-train-s4-t5base: export TRANSFORMERS_OFFLINE := 0
+paper-train-s4-t5base: install
+	set -e; for t in $(PAPER_TASKS); do \
+	  $(BIN)/peftds train model=t5_base design=$(DESIGN) task=$$t train=paper train.epochs=$(PAPER_EPOCHS) \
+	    data.dir=null data.max_train_samples=null hydra.run.dir=$(PAPER_OUT)/s4_t5base/$$t $(PAPER_ARGS); \
+	done
+
+# Baselines at the paper's budgets: full fine-tuning, Adapter, Prefix, LoRA (0.5%), BitFit (0.1%):
+# 5 designs x 8 tasks = 40 runs, ~4 H100-hours each design (full FT about the same per step): ~20 GPU-h.
+paper-baselines-t5base: export HF_HUB_OFFLINE := 0
+paper-baselines-t5base: export HF_DATASETS_OFFLINE := 0
+paper-baselines-t5base: export TRANSFORMERS_OFFLINE := 0
+paper-baselines-t5base: install
+	set -e; for d in full adapter prefix lora bitfit; do \
+	  budget=p0_5; [ $$d = bitfit ] && budget=p0_1; \
+	  for t in $(PAPER_TASKS); do \
+	    $(BIN)/peftds train model=t5_base design=$$d budget=$$budget task=$$t train=paper train.epochs=$(PAPER_EPOCHS) \
+	      data.dir=null data.max_train_samples=null hydra.run.dir=$(PAPER_OUT)/baselines_t5base/$$d/$$t $(PAPER_ARGS); \
+	  done; \
+	done
