@@ -6,6 +6,7 @@ The same job function serves search trials (peftds.search), which read its retur
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -113,7 +114,7 @@ def predict(model, task, encoded, tokenizer, seq2seq: bool, batch_size: int) -> 
         idx = order[start : start + batch_size]
         batch = collate([{k: encoded[i][k] for k in ("input_ids", "attention_mask")} for i in idx])
         batch = {k: v.to(device) for k, v in batch.items()}
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
         with autocast:
             if not seq2seq:
                 logits = model(**batch).logits.float()
@@ -129,24 +130,6 @@ def predict(model, task, encoded, tokenizer, seq2seq: bool, batch_size: int) -> 
     return preds
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-def references(task, raw) -> list[Any]:
-    col = raw[task.label_column]
-    if task.kind == "classification":
-        return [int(x) for x in col]
-    if task.kind == "regression":
-        return [float(x) for x in col]
-    return [task.target_text(r) for r in raw] if task.flatten else [str(x) for x in col]
-
-
-# ----------------------------------------------------------------------------------- the job
 def _trainer_class():
     from transformers import Trainer, TrainerCallback
 
@@ -226,7 +209,7 @@ def _train(cfg, run_dir: Path, rec: RunRecord, start: float) -> None:
     from .backbones import model_kind
     from .backbones import _hf_config
     from .batching import Collator
-    from .data import encode, load_splits
+    from .data import encode, load_splits, references
     from .metrics import compute_metrics
     from .tasks import Task
 
@@ -255,11 +238,15 @@ def _train(cfg, run_dir: Path, rec: RunRecord, start: float) -> None:
     src_len = int(tc.max_source_len or task.max_source_len)
     tgt_len = int(tc.max_target_len or task.max_target_len)
     train_ds = encode(task, tokenizer, splits["train"], kind, src_len, tgt_len)
-    eval_raw = splits[eval_split]
-    if tc.get("max_eval_samples") and len(eval_raw) > int(tc.max_eval_samples):
-        eval_raw = eval_raw.select(range(int(tc.max_eval_samples)))
-    eval_ds = encode(task, tokenizer, eval_raw, kind, src_len, tgt_len)
-    refs = references(task, eval_raw)
+    # The scored split, plus the task's other dev splits when reporting on dev (MNLI mismatched).
+    extra = [sp for sp in task.eval_splits[1:] if sp in splits] if eval_split == "validation" else []
+    evals = {}
+    for name in [eval_split, *extra]:
+        raw = splits[name]
+        if tc.get("max_eval_samples") and len(raw) > int(tc.max_eval_samples):
+            raw = raw.select(range(int(tc.max_eval_samples)))
+        evals[name] = (encode(task, tokenizer, raw, kind, src_len, tgt_len), references(task, raw))
+    eval_ds, refs = evals[eval_split]
 
     num_labels = None if seq2seq else task.num_labels
     built = build(cfg.model, cfg.design, float(cfg.budget.fraction), num_labels=num_labels, seed=seed)
@@ -280,8 +267,10 @@ def _train(cfg, run_dir: Path, rec: RunRecord, start: float) -> None:
     epochs: list[dict[str, Any]] = []
 
     def eval_fn(m) -> dict[str, float]:
-        preds = predict(m, task, eval_ds, tokenizer, seq2seq, int(tc.eval_batch_size))
-        metrics = compute_metrics(task, preds, refs)
+        metrics = {}
+        for name, (ds, ys) in evals.items():
+            got = compute_metrics(task, predict(m, task, ds, tokenizer, seq2seq, int(tc.eval_batch_size)), ys)
+            metrics.update(got if name == eval_split else {f"{name}_{k}": v for k, v in got.items()})
         epochs.append({"epoch": len(epochs) + 1, **metrics})
         best = max(epochs, key=lambda e: e["score"])
         rec.update(epochs=epochs, best=best, last=epochs[-1], score=best["score"])

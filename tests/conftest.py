@@ -21,6 +21,10 @@ def local_data_dir() -> Path | None:
     return None
 
 
+if not os.environ.get("PEFTDS_DATA") and local_data_dir() is not None:
+    os.environ["PEFTDS_DATA"] = str(local_data_dir())  # what `data.dir` defaults to in the configs
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     d = local_data_dir()
