@@ -23,9 +23,11 @@ after ``bench.warmup`` untimed ones. Encoder-only models train their task head i
 
 Memory: after timing, one more step per variant measures the step's peak above what was allocated
 before it (GPU: ``torch.cuda.max_memory_allocated``; CPU: the process's VmHWM, reset through
-``/proc/self/clear_refs``, with glibc's malloc made to return freed memory), and the reported peak is
-that plus the variant's own resident tensors (weights, buffers, optimizer state): the memory the
-variant would need alone. ``process_peak_rss_mb`` is the whole process's peak RSS.
+``/proc/self/clear_refs`` after ``malloc_trim``), and the reported peak is that plus the variant's own
+resident tensors (weights, buffers, optimizer state): the memory the variant would need alone.
+``process_peak_rss_mb`` is the whole process's peak RSS.
+
+CPU: timing runs with ``bench.threads`` torch threads (default 1, see :class:`cpu_threads`).
 
 ``peftds bench-data`` reports, per task, the tokens a training epoch processes with fixed padding,
 random batches with dynamic padding and length-grouped batches (both the whole-set sort and the
@@ -33,10 +35,15 @@ default mega-batches), how much batches re-mix between epochs, and the measured 
 scheme on a sample. ``peftds bench-eval`` compares label-word ranking with free generation for
 text-to-text classification (examples/s and agreement).
 
-:func:`compile_model` is the one way peftds compiles a model (also used by ``train.compile=true``):
-static shapes (``dynamic=False``), so each batch shape compiles once; with length buckets
-(:class:`peftds.batching.Collator`) the number of compilations is the number of shapes used, counted
-by :class:`CompileCounter` from dynamo's own counters.
+``bench.epoch=true`` appends the bench-data report to ``peftds bench``.
+
+:func:`compile_model` is the one way peftds compiles a model: static shapes (``dynamic=False``), so each
+batch shape compiles once; with length buckets (:class:`peftds.batching.Collator`) the number of
+compilations is the number of shapes used, counted by :class:`CompileCounter` from dynamo's own
+counters. :class:`CompiledModel` (used by ``bench.compile=true`` and ``train.compile=true``) wraps it,
+counts compilations per batch shape, and falls back to eager (saying why) when a shape it already
+compiled compiles again, instead of recompiling on every step. A compiled bench variant that falls
+back is reported as not timed.
 """
 from __future__ import annotations
 
@@ -127,6 +134,30 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class cpu_threads:
+    """``torch.set_num_threads(n)`` inside the block (``n`` falsy: unchanged), restored after.
+
+    One thread is the bench default on CPU: with torch's default (one per core) a step waits for every
+    OpenMP worker, and on a machine shared with other jobs a descheduled worker stalls each parallel
+    region; measured here (2 cores, other jobs running) a tiny_t5 step took 0.15-8 s with 2 threads
+    and a steady 45 ms with 1."""
+
+    def __init__(self, n: Any):
+        self.n = int(n) if n else None
+        self.before = None
+
+    def __enter__(self):
+        if self.n:
+            self.before = torch.get_num_threads()
+            torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        if self.before is not None:
+            torch.set_num_threads(self.before)
+        return False
+
+
 # ============================================================================ memory
 _LIBC = None
 
@@ -158,13 +189,6 @@ class MemoryProbe:
         self.kind = "cuda_max_allocated" if device.type == "cuda" else "rss"
         self._reset_ok = False
         if device.type != "cuda":
-            libc = _libc()
-            if libc is not None:  # make freed memory leave the process, so RSS tracks live tensors
-                try:
-                    libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD (fixed: no dynamic growth)
-                    libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
-                except (AttributeError, OSError):
-                    pass
             self._reset_ok = self._reset_hwm()
             if not self._reset_ok:
                 self.kind = "rss_unreset"  # VmHWM cannot be reset: increments are lower bounds
@@ -186,7 +210,7 @@ class MemoryProbe:
             torch.cuda.reset_peak_memory_stats(self.device)
             return torch.cuda.memory_allocated(self.device)
         libc = _libc()
-        if libc is not None:
+        if libc is not None:  # hand freed heap pages back, so RSS before the step ~ live tensors
             try:
                 libc.malloc_trim(0)
             except (AttributeError, OSError):
@@ -272,6 +296,54 @@ def compile_model(model: nn.Module, mode: str | None = None, recompile_limit: in
     return torch.compile(model, **kwargs)
 
 
+class CompiledModel:
+    """A model's forward through :func:`compile_model`, with its compilations counted per batch shape.
+
+    Call it like the model. Each new (shape signature, train/eval, grad mode) compiles once; if a
+    signature it has already compiled compiles again (a guard that fails on every call, e.g. on Python
+    state that changes between forwards), the recompilation is counted and, past
+    ``max_recompiles``, the wrapper falls back to the eager model for good and says why in
+    :meth:`stats` (``fallback``) instead of recompiling on every step.
+    """
+
+    def __init__(self, model: nn.Module, mode: str | None = None, max_recompiles: int = 0):
+        self.model = model
+        self.compiled = compile_model(model, mode=mode)
+        self.counter = CompileCounter()
+        self.max_recompiles = int(max_recompiles)
+        self.signatures: dict[tuple, int] = {}
+        self.recompiles = 0
+        self.fallback: str | None = None
+
+    @staticmethod
+    def signature(model: nn.Module, kwargs: Mapping[str, Any]) -> tuple:
+        shapes = tuple(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in kwargs.items() if torch.is_tensor(v)))
+        return shapes, model.training, torch.is_grad_enabled()
+
+    def __call__(self, *args, **kwargs):
+        if self.fallback:
+            return self.model(*args, **kwargs)
+        key = self.signature(self.model, kwargs)
+        before = self.counter.delta()["frames"]
+        out = self.compiled(*args, **kwargs)
+        grew = self.counter.delta()["frames"] - before
+        if key in self.signatures and grew:
+            self.recompiles += grew
+            if self.recompiles > self.max_recompiles:
+                self.fallback = (f"recompiled {self.recompiles}x for batch shapes it had already compiled (a guard fails "
+                                 f"on every call; run with TORCH_LOGS=recompiles for the reason): running eager")
+                import warnings
+
+                warnings.warn(f"peftds compile: {self.fallback}", RuntimeWarning, stacklevel=2)
+        self.signatures[key] = self.signatures.get(key, 0) + grew
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        src = sorted({dict((k, shp) for k, shp, _ in sig[0]).get("input_ids", (0, 0))[-1] for sig in self.signatures})
+        return {**self.counter.delta(), "batch_shapes": len(self.signatures), "source_lengths": src,
+                "recompiles": self.recompiles, "fallback": self.fallback}
+
+
 # ============================================================================ building the variants
 def first_norm(backbone) -> tuple[str, nn.Module]:
     """The first norm layer in forward order: the embedding norm where there is one (BERT, RoBERTa,
@@ -312,7 +384,6 @@ class Variant:
     head: int
     train: bool = True
     compiled: bool = False
-    note: str = ""
     times: list[float] = field(default_factory=list)
     step_mem: int | None = None
     resident: int | None = None
@@ -366,6 +437,21 @@ def random_batch(model: nn.Module, seq2seq: bool, batch_size: int, source_len: i
     return batch
 
 
+def _fill_special_ids(model: nn.Module) -> dict[str, int]:
+    """Shape-only text-to-text configs (e.g. conf/model/t5_base.yaml with model.pretrained=false) may lack
+    the ids a training forward needs (T5 shifts labels right from ``decoder_start_token_id``): fill them
+    the way the published configs set them (T5: start = pad = 0). Returns what was filled."""
+    cfg = model.config
+    if not getattr(cfg, "is_encoder_decoder", False):
+        return {}
+    filled = {}
+    if getattr(cfg, "pad_token_id", None) is None:
+        cfg.pad_token_id = filled["pad_token_id"] = 0
+    if getattr(cfg, "decoder_start_token_id", None) is None:
+        cfg.decoder_start_token_id = filled["decoder_start_token_id"] = int(cfg.pad_token_id)
+    return filled
+
+
 def _compose_design(argv: Sequence[str], design: str):
     from .config import compose
 
@@ -384,13 +470,13 @@ def build_variants(cfg, argv: Sequence[str], device: torch.device) -> tuple[list
     bad = [v for v in wanted if v not in VARIANTS]
     if bad:
         raise PeftdsError(f"bench.variants: unknown {bad} (known: {', '.join(VARIANTS)})")
-    seq2seq_probe = None
     lr = float(bc.lr)
     fraction = float(cfg.budget.fraction)
     seed = int(cfg.seed)
 
     t0 = time.time()
     base = build_model(cfg.model, num_labels=2)
+    filled = _fill_special_ids(base)
     seq2seq_probe = Backbone(base)
     seq2seq = seq2seq_probe.seq2seq
     n_backbone = seq2seq_probe.backbone_params()
@@ -403,7 +489,8 @@ def build_variants(cfg, argv: Sequence[str], device: torch.device) -> tuple[list
 
     variants: list[Variant] = []
     info: dict[str, Any] = {"backbone_params": n_backbone, "budget_params": budget, "budget_fraction": fraction,
-                            "seq2seq": seq2seq, "family": seq2seq_probe.family.name, "designs": {}}
+                            "seq2seq": seq2seq, "family": seq2seq_probe.family.name, "designs": {},
+                            "filled_config": filled}
 
     def design_variant(name: str, design_cfg) -> Variant:
         m, bb = fresh()
@@ -419,7 +506,11 @@ def build_variants(cfg, argv: Sequence[str], device: torch.device) -> tuple[list
     if "design" in wanted:
         variants.append(design_variant("design", cfg.design))
     for extra in _plain(bc.designs) or []:
-        variants.append(design_variant(f"design:{Path(str(extra)).stem}", _compose_design(argv, str(extra))))
+        name = f"design:{Path(str(extra)).stem}"
+        try:  # an extra design that cannot be built is reported, the others are still timed
+            variants.append(design_variant(name, _compose_design(argv, str(extra))))
+        except Exception as e:  # noqa: BLE001
+            info.setdefault("errors", {})[name] = f"{type(e).__name__}: {e}"
 
     if "peft_lora" in wanted:
         from peft import LoraConfig, get_peft_model
@@ -455,7 +546,7 @@ def build_variants(cfg, argv: Sequence[str], device: torch.device) -> tuple[list
         floor_model = m
         if "floor" in wanted:
             body, head = count_trainable(m, bb)
-            variants.append(Variant("floor", f"floor ({norm_name})", m, m, make_optimizer(_trainable(m), lr, device),
+            variants.append(Variant("floor", "floor (1st norm only)", m, m, make_optimizer(_trainable(m), lr, device),
                                     body, head))
     if "full" in wanted:
         m, bb = fresh()
@@ -492,17 +583,25 @@ def _outputs_check(v: Variant, compiled: Callable, batch, device, bf16) -> dict[
 
 def run_bench(cfg, argv: Sequence[str] = ()) -> dict[str, Any]:
     """Build, time and measure every variant; returns the bench.json record."""
+    import warnings
+
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     bc = cfg.bench
     device = resolve_device(bc.get("device"))
     bf16 = use_bf16(bc.get("bf16"), device)
-    if bc.get("threads"):
-        torch.set_num_threads(int(bc.threads))
     steps, warmup = int(bc.steps), int(bc.warmup)
     if steps < 1 or warmup < 0:
         raise PeftdsError(f"bench.steps must be >= 1 and bench.warmup >= 0 (got {steps}, {warmup})")
+    with cpu_threads(bc.get("threads") if device.type == "cpu" else None), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notes from peft / transformers
+        return _run_bench(cfg, argv, bc, device, bf16, steps, warmup, load_before)
+
+
+def _run_bench(cfg, argv, bc, device, bf16, steps, warmup, load_before) -> dict[str, Any]:
     t_start = time.time()
     torch.manual_seed(int(bc.seed))
     variants, info = build_variants(cfg, argv, device)
@@ -519,8 +618,7 @@ def run_bench(cfg, argv: Sequence[str] = ()) -> dict[str, Any]:
             src = by_name.get(name)
             if src is None or not src.train:
                 raise PeftdsError(f"bench.compile_variants: '{name}' is not a timed training variant here")
-            counter = CompileCounter()
-            compiled = compile_model(src.call, mode=bc.get("compile_mode"))
+            compiled = CompiledModel(src.call, mode=bc.get("compile_mode"))
             entry: dict[str, Any] = {}
             if bc.get("check_outputs", True):
                 t0 = time.time()
@@ -528,13 +626,20 @@ def run_bench(cfg, argv: Sequence[str] = ()) -> dict[str, Any]:
                 entry["check_compile_s"] = time.time() - t0
             cv = Variant(f"{name}_compiled", f"{src.label} (compiled)", src.model, compiled, src.opt,
                          src.trainable, src.head, compiled=True)
-            counter.start()
+            before = compiled.counter.delta()
             t0 = time.time()
             cv.step(batch, device, bf16)  # compiles forward and backward
             entry["compile_s"] = time.time() - t0
-            entry["compile_counts"] = counter.delta()
-            entry["_counter"] = counter
+            after = compiled.counter.delta()
+            entry["compile_counts"] = {k: after[k] - before[k] for k in after}
+            t0 = time.time()
+            cv.step(batch, device, bf16)  # the same shape again must not compile again
+            entry["second_step_s"] = time.time() - t0
+            entry["_compiled"] = compiled
             compile_info["variants"][cv.name] = entry
+            if compiled.fallback:
+                entry["dropped"] = compiled.fallback
+                continue
             variants.append(cv)
 
     # ---- timing: interleaved rounds, order rotated each round
@@ -546,9 +651,9 @@ def run_bench(cfg, argv: Sequence[str] = ()) -> dict[str, Any]:
                 v.times.append(dt)
     if compile_info:
         for name, entry in compile_info["variants"].items():
-            counter = entry.pop("_counter")
-            total = counter.delta()
-            entry["recompiles_while_timing"] = total["frames"] - entry["compile_counts"]["frames"]
+            compiled = entry.pop("_compiled")
+            entry["stats"] = compiled.stats()
+            entry["recompiles"] = compiled.recompiles
 
     # ---- memory: one more step per variant
     probe = MemoryProbe(device)
@@ -560,6 +665,8 @@ def run_bench(cfg, argv: Sequence[str] = ()) -> dict[str, Any]:
             v.resident = resident_bytes(v.model, v.opt)
 
     rec = _record(cfg, argv, device, bf16, variants, info, compile_info, probe, time.time() - t_start)
+    rec["load_avg_before"] = load_before
+    rec["cpu_count"] = os.cpu_count()
     return rec
 
 
@@ -615,6 +722,7 @@ def _record(cfg, argv, device, bf16, variants, info, compile_info, probe, wall) 
         "backbone_params": n_backbone, "budget_params": info["budget_params"], "budget_fraction": info["budget_fraction"],
         "family": info["family"], "seq2seq": info["seq2seq"],
         "designs": info["designs"], "peft_lora": info.get("peft_lora"), "floor_norm": info.get("floor_norm"),
+        "errors": info.get("errors", {}), "filled_config": info.get("filled_config", {}),
         "variants": vs, "ratios": ratios, "compile": compile_info,
         "memory_kind": probe.kind, "process_peak_rss_mb": process_peak_rss_mb(),
         "build_s": info["build_s"], "wall_s": wall,
@@ -629,7 +737,7 @@ def table(rec: Mapping[str, Any]) -> str:
     """The human-readable bench table."""
     floor = rec["variants"].get("floor", {}).get("median_ms")
     head = (f"peftds bench  model {rec['model']}  design {rec['design']}  {rec['device_name']} {rec['dtype']} "
-            f"({rec['threads']} threads)  batch {rec['batch_size']}  source {rec['source_len']}  target "
+            f"threads {rec['threads']}  batch {rec['batch_size']}  source {rec['source_len']}  target "
             f"{rec['target_len']}  median of {rec['steps']} steps ({rec['warmup']} warm-up, interleaved)")
     rows = [head, "",
             f"{'variant':<34} {'trainable':>12} {'% bb':>7} {'ms/step':>9} {'p10-p90 ms':>15} {'peak MB':>9} {'vs floor':>9}"]
@@ -660,7 +768,9 @@ def table(rec: Mapping[str, Any]) -> str:
         for name, e in comp["variants"].items():
             c = e["compile_counts"]
             line = (f"{name}: compile {e['compile_s']:.1f}s, {c['frames']} frame(s), {c['graphs']} graph(s), "
-                    f"{c['graph_breaks']} graph break(s), recompiles while timing {e['recompiles_while_timing']}")
+                    f"{c['graph_breaks']} graph break(s), recompiles {e['recompiles']}")
+            if e.get("dropped"):
+                line += f"; NOT TIMED: {e['dropped']}"
             if "outputs" in e:
                 o = e["outputs"]
                 line += (f"; eval outputs vs eager: loss rel diff {o['loss_rel_diff']:.2e}, logits max abs diff "
@@ -671,6 +781,18 @@ def table(rec: Mapping[str, Any]) -> str:
             if fl is not None:
                 rows.append(f"compiled design / eager floor {_fmt_ratio(fl)}   compiled / eager design "
                             f"{_fmt_ratio(rec['ratios'].get('design_compiled/design'))}")
+    if rec.get("filled_config"):
+        rows.append("shape-only config completed with " + ", ".join(f"{k}={v}" for k, v in rec["filled_config"].items()))
+    for name, err in (rec.get("errors") or {}).items():
+        rows.append(f"{name}: NOT TIMED, it failed to build: {err}")
+    if rec.get("floor_norm"):
+        rows.append(f"floor = frozen backbone, only {rec['floor_norm']} trainable"
+                    + (" (+ task head)" if not rec["seq2seq"] else ""))
+    load = rec.get("load_avg_before")
+    if rec["device"] == "cpu" and load is not None and load > 0.5 * (rec.get("cpu_count") or 1):
+        rows.append(f"note: the machine was busy before the run (load average {load:.1f} on {rec.get('cpu_count')} "
+                    f"cores): timings are noisy; more bench.steps make them steadier"
+                    + ("" if rec["threads"] == 1 else ", and bench.threads=1 avoids stalled OpenMP workers"))
     mk = rec["memory_kind"]
     rows.append(f"peak MB = own tensors (weights, buffers, optimizer state) + one step's peak above them "
                 f"[{mk}]; process peak RSS {rec['process_peak_rss_mb']:.0f} MB; wall {rec['wall_s']:.0f}s")
@@ -777,18 +899,23 @@ def epoch_timing(cfg, task, encoded, seq2seq: bool, sample: int, batch_size: int
     for _ in range(2):
         step(warm)
     out: dict[str, Any] = {"examples": n, "real_tokens": sum(lengths), "design": built.plan.design}
-    for name, (batches, collate) in schemes.items():
-        tokens = 0
-        sync(device)
-        t0 = time.perf_counter()
-        for b in batches:
-            coll = collate([rows[i] for i in b])
-            tokens += coll["input_ids"].numel()
+    spent = {name: 0.0 for name in schemes}
+    tokens = {name: 0 for name in schemes}
+    # Interleaved: batch k of every scheme, then batch k+1, ... so a busy phase of the machine hits all alike.
+    for k in range(max(len(b) for b, _ in schemes.values())):
+        for name, (batches, collate) in schemes.items():
+            if k >= len(batches):
+                continue
+            sync(device)
+            t0 = time.perf_counter()
+            coll = collate([rows[i] for i in batches[k]])  # collation is part of an epoch's cost
+            tokens[name] += coll["input_ids"].numel()
             step(coll)
-        sync(device)
-        dt = time.perf_counter() - t0
-        out[name] = {"epoch_s": dt, "processed_tokens": tokens, "tokens_ratio": tokens / out["real_tokens"],
-                     "real_tokens_per_s": out["real_tokens"] / dt}
+            sync(device)
+            spent[name] += time.perf_counter() - t0
+    for name in schemes:
+        out[name] = {"epoch_s": spent[name], "processed_tokens": tokens[name],
+                     "tokens_ratio": tokens[name] / out["real_tokens"], "real_tokens_per_s": out["real_tokens"] / spent[name]}
     out["speedup_grouped_vs_fixed"] = out["fixed"]["epoch_s"] / out["grouped"]["epoch_s"]
     out["speedup_grouped_vs_random"] = out["random_dynamic"]["epoch_s"] / out["grouped"]["epoch_s"]
     return out
@@ -803,6 +930,7 @@ def run_bench_data(cfg, argv: Sequence[str] = ()) -> dict[str, Any]:
 
     datasets.disable_progress_bar()
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     dc = cfg.bench.data
     hf_config, _ = _hf_config(cfg.model, allow_fallback=False)
     seq2seq = model_kind(hf_config.model_type) == "seq2seq"
@@ -822,7 +950,9 @@ def run_bench_data(cfg, argv: Sequence[str] = ()) -> dict[str, Any]:
         entry = padding_figures(enc["length"], bs, max_len, seed, dc.get("mega_batches"))
         entry["tokenize_s"] = time.time() - t0
         if name in time_tasks and int(dc.get("time_samples") or 0) > 0:
-            entry["timing"] = epoch_timing(cfg, task, enc, seq2seq, int(dc.time_samples), bs, max_len, seed, device, bf16)
+            with cpu_threads(cfg.bench.get("threads") if device.type == "cpu" else None):
+                entry["timing"] = epoch_timing(cfg, task, enc, seq2seq, int(dc.time_samples), bs, max_len, seed,
+                                               device, bf16)
         rec["tasks"][name] = entry
     return rec
 
@@ -869,7 +999,7 @@ def quick_train(model, rows, seq2seq: bool, steps: int, batch_size: int, lr: flo
             out.loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            loss = float(out.loss)
+            loss = float(out.loss.detach())
             done += 1
             if done >= steps:
                 break
@@ -893,6 +1023,7 @@ def run_bench_eval(cfg, argv: Sequence[str] = ()) -> dict[str, Any]:
 
     datasets.disable_progress_bar()
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     ec = cfg.bench.eval
     task = Task.from_config(cfg.task)
     if task.kind != "classification":
@@ -964,6 +1095,7 @@ def run_bench_eval(cfg, argv: Sequence[str] = ()) -> dict[str, Any]:
         "generate": {"seconds": gen_s, "examples_per_s": n / gen_s, "accuracy": acc(gen_preds),
                      "max_new_tokens": tgt_len, "valid": len(valid)},
         "speedup_rank_vs_generate": gen_s / rank_s,
+        "distinct_predictions": {"rank": len(set(rank_preds)), "generate": len(set(gen_preds))},
         "valid_generations": len(valid), "identical_where_valid": len(same),
         "all_identical_where_valid": len(same) == len(valid),
         "mismatches": [{"index": i, "rank": rank_preds[i], "generate": gen_preds[i]} for i in valid if i not in set(same)][:10],
@@ -979,7 +1111,8 @@ def eval_table(rec: Mapping[str, Any]) -> str:
         f"greedy generation    {g['examples_per_s']:>9.1f} examples/s  accuracy {g['accuracy']:.3f}  "
         f"(max_new_tokens {g['max_new_tokens']}; valid label word in {g['valid']}/{rec['examples']})",
         f"ranking is {rec['speedup_rank_vs_generate']:.2f}x faster; identical predictions where generation is "
-        f"valid: {rec['identical_where_valid']}/{rec['valid_generations']}",
+        f"valid: {rec['identical_where_valid']}/{rec['valid_generations']} (classes predicted: "
+        f"{rec['distinct_predictions']['rank']} by ranking, {rec['distinct_predictions']['generate']} by generation)",
     ])
 
 
@@ -1022,7 +1155,8 @@ def cmd_bench_eval(argv: list[str]) -> int:
     if not any(a.startswith("model=") for a in argv):
         argv.insert(0, "model=tiny_t5")
     cfg = _compose(argv)
-    rec = run_bench_eval(cfg, argv)
+    with cpu_threads(cfg.bench.get("threads")):  # bench-eval runs on the CPU
+        rec = run_bench_eval(cfg, argv)
     path = _out_path(cfg.bench.get("out"), "bench_eval")
     rec["out"] = str(path)
     write_json(path, rec)
@@ -1033,10 +1167,12 @@ def cmd_bench_eval(argv: list[str]) -> int:
 
 def merge_tables(paths: Sequence[str]) -> str:
     """One table over several bench.json files (scripts/gpu_bench.sh)."""
-    rows = [f"{'model':<10} {'design':<16} {'src':>4} {'variant':<30} {'trainable':>11} {'ms/step':>9} {'peak MB':>9} "
-            f"{'/floor':>7} {'/peftLoRA':>9}"]
+    rows = []
     for p in paths:
         rec = json.loads(Path(p).read_text())
+        rows.append(f"[{Path(p).stem}] model {rec['model']}  {rec['device_name']} {rec['dtype']}  batch {rec['batch_size']} "
+                    f"source {rec['source_len']} target {rec['target_len']}  median of {rec['steps']} steps")
+        rows.append(f"  {'variant':<34} {'trainable':>11} {'ms/step':>9} {'peak MB':>9} {'/floor':>7} {'/peft LoRA':>10}")
         vs = rec["variants"]
         floor = vs.get("floor", {}).get("median_ms")
         peft = vs.get("peft_lora", {}).get("median_ms")
@@ -1044,13 +1180,17 @@ def merge_tables(paths: Sequence[str]) -> str:
             mem = "-" if v.get("peak_mem_mb") is None else f"{v['peak_mem_mb']:.0f}"
             rf = _fmt_ratio(v["median_ms"] / floor if floor else None)
             rp = _fmt_ratio(v["median_ms"] / peft if peft else None)
-            rows.append(f"{rec['model']:<10} {str(rec['design']):<16} {rec['source_len']:>4} {v['label'][:30]:<30} "
-                        f"{v['trainable_params']:>11,} {v['median_ms']:>9.1f} {mem:>9} {rf:>7} {rp:>9}")
+            rows.append(f"  {v['label'][:34]:<34} {v['trainable_params']:>11,} {v['median_ms']:>9.1f} {mem:>9} {rf:>7} {rp:>10}")
         comp = rec.get("compile") or {}
         for name, e in (comp.get("variants") or {}).items():
             o = e.get("outputs") or {}
-            rows.append(f"{'':<10} {'':<16} {'':>4} {name}: compile {e['compile_s']:.0f}s, recompiles while timing "
-                        f"{e['recompiles_while_timing']}, eval loss rel diff {o.get('loss_rel_diff', float('nan')):.1e}")
+            rows.append(f"  {name}: compile {e['compile_s']:.0f}s, recompiles {e['recompiles']}, eval loss rel "
+                        f"diff vs eager {o.get('loss_rel_diff', float('nan')):.1e}"
+                        + (" - NOT TIMED (recompiles every step)" if e.get("dropped") else ""))
+        rc = rec["ratios"]
+        if "design_compiled/floor" in rc:
+            rows.append(f"  compiled design / eager floor {_fmt_ratio(rc['design_compiled/floor'])}, compiled / eager "
+                        f"design {_fmt_ratio(rc.get('design_compiled/design'))}")
         rows.append("")
     return "\n".join(rows)
 
@@ -1062,9 +1202,23 @@ CLI_COMMANDS: dict[str, Callable[[list[str]], int]] = {
 }
 
 
-if __name__ == "__main__":  # python -m peftds.bench --table a.json b.json
-    if len(sys.argv) > 1 and sys.argv[1] == "--table":
-        print(merge_tables(sys.argv[2:]))
-    else:
-        print("usage: python -m peftds.bench --table BENCH.json ...", file=sys.stderr)
-        sys.exit(2)
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m peftds.bench <bench|bench-data|bench-eval> key=value ...`` (the CLI commands without
+    importing the other command modules) or ``python -m peftds.bench --table A.json B.json ...``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--table":
+        print(merge_tables(argv[1:]))
+        return 0
+    if not argv or argv[0] not in CLI_COMMANDS:
+        print(f"usage: python -m peftds.bench {{{'|'.join(CLI_COMMANDS)}}} key=value ... | --table BENCH.json ...",
+              file=sys.stderr)
+        return 2
+    try:
+        return CLI_COMMANDS[argv[0]](argv[1:])
+    except PeftdsError as e:
+        print(f"peftds: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

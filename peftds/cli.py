@@ -11,6 +11,11 @@ USAGE = """usage: peftds <command> [key=value ...]
 commands:
   inspect   per-layer plan of a design on a model (model=, design=, budget=, format=table|json)
   train     fine-tune a design on a task (Hydra run dir gets result.json + trained params)
+  search    design-space search, stage by stage (stage=grouping|allocation|tunable|strategy|all)
+  report    Markdown + PNG report of a search dir: `peftds report <dir>`
+  bench     time a design's training step against peft LoRA, the frozen floor, full FT, forward only
+  bench-data  padded-token fraction and epoch time: length-grouped vs fixed/random padding
+  bench-eval  label-word ranking vs free generation speed (text-to-text classification)
 
 Any Hydra override works, e.g. `peftds inspect model=tiny_t5 design=spindle_t5base format=json`.
 `design=` also takes a YAML file path (e.g. the design a search wrote).

@@ -224,7 +224,7 @@ def markdown_table(summary: Mapping[str, Any], values: Mapping[str, Any] | None 
         cells += [_fmt(s["per_task"].get(t)) for t in tasks]
         cells += [_fmt(s["mean"]), f"[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]",
                   f"{s['designs_ok']}" + (f"/{s['designs_planned']}" if s.get("designs_planned") is not None else ""),
-                  f"{s['trials_ok']}/{s['trials_failed']}", f"{s['gpu_hours']:.3f}", f"{s['hours']:.3f}"]
+                  f"{s['trials_ok']}/{s['trials_failed']}", f"{s['gpu_hours']:.3g}", f"{s['hours']:.3g}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

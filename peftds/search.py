@@ -7,6 +7,9 @@
     peftds search ... hydra/launcher=submitit_slurm     # a SLURM cluster (submitit_local: local processes)
     peftds search search.dir=<existing dir>             # resume (same arguments as stored there)
 
+Without search.dir the search dir is outputs/search/<stage>/run-<hash of the arguments>, so running
+the same command again resumes the same search (launcher choice is not part of the hash).
+
 A stage samples N designs per option from (space ∧ option) (peftds.space), trains each on every task
 of the task set in the low-compute regime, scores it on the held-out slice of the training data,
 picks the option with the highest mean and writes the refined space (space_next.yaml). Trials are
@@ -54,8 +57,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
-from .errors import InfeasibleDesign, PeftdsError
-from .space import DIMENSIONS, Space, sample_designs, strategy_label
+from .errors import PeftdsError
+from .space import Space, sample_designs, strategy_label
 
 CLI_COMMANDS: dict[str, Any] = {}
 
@@ -494,8 +497,22 @@ class Search:
         space.check(self.model_ctx()["layers"])
         return space
 
+    def check_data(self) -> None:
+        """Every task's data can be found (local files, or the hub when online) before any training."""
+        from . import data as data_mod
+        from .config import conf_dir
+        from .tasks import load_task
+
+        choose = getattr(data_mod, "_choose_source", None)
+        if choose is None:  # pragma: no cover - data module without the check
+            return
+        dcfg = data_mod.data_config(self.cfg.get("data"))
+        for name in self.tasks:
+            choose(load_task(name, conf_dir()), dcfg)
+
     def plan_stages(self) -> tuple[list[StageSpec], bool, Space]:
         specs, chain = stage_chain(self.cfg.get("stage"))
+        self.check_data()
         space = self.input_space()
         for spec in specs:
             spec.validate_values(space.groups)
@@ -1032,7 +1049,7 @@ def _hydra_session(overrides: list[str]):
     return session()
 
 
-def prepare(argv: Sequence[str], now: _dt.datetime | None = None) -> tuple[Path, list[str], list[str]]:
+def prepare(argv: Sequence[str]) -> tuple[Path, list[str], list[str]]:
     """(search dir, all overrides for the search process, overrides forwarded to every trial)."""
     argv = list(argv)
     for a in argv:
@@ -1055,8 +1072,7 @@ def prepare(argv: Sequence[str], now: _dt.datetime | None = None) -> tuple[Path,
         cfg = compose([*probe, f"hydra.searchpath=[file://{probe_root / 'conf'}]"])
         configured = (cfg.get("search") or {}).get("dir")
         stage_name = _safe((cfg.get("stage") or {}).get("name") or "stage")
-        stamp = (now or _dt.datetime.now()).strftime("%Y-%m-%d_%H-%M-%S")
-        sdir = Path(configured or f"outputs/search/{stage_name}/{stamp}").expanduser().resolve()
+        sdir = Path(configured or f"outputs/search/{stage_name}/{_args_key(argv)}").expanduser().resolve()
         shutil.rmtree(probe_root, ignore_errors=True)
     conf_root = sdir / "conf"
     conf_root.mkdir(parents=True, exist_ok=True)
@@ -1089,6 +1105,24 @@ def prepare(argv: Sequence[str], now: _dt.datetime | None = None) -> tuple[Path,
     return sdir, all_args, forward
 
 
+NOT_IN_DIR_KEY = ("hydra/launcher", "hydra.launcher.", "hydra.hydra_logging", "hydra.job_logging", "search.batch_size",
+                  "search.trial_threads", "search.gpu_slots", "search.report")
+
+
+def _args_key(argv: Sequence[str]) -> str:
+    """The default search dir's name: a hash of the arguments that change what the search computes
+    (and of the files they name), so running the same command again resumes the same search."""
+    parts = []
+    for a in sorted(argv):
+        if any(_override_key(a).startswith(p) for p in NOT_IN_DIR_KEY):
+            continue
+        parts.append(a)
+        value = a.split("=", 1)[1] if "=" in a else ""
+        if value.endswith((".yaml", ".yml")) and Path(value).expanduser().is_file():
+            parts.append(hashlib.sha1(Path(value).expanduser().read_bytes()).hexdigest())
+    return "run-" + _hash(parts, 10)
+
+
 def _tmpdir() -> str:
     import tempfile
 
@@ -1112,8 +1146,22 @@ def _dir_lock(sdir: Path):
 
 def run_search(argv: Sequence[str], echo: Callable = print) -> int:
     sdir, overrides, forward = prepare(argv)
+    try:
+        return _run(sdir, overrides, forward, echo)
+    except KeyboardInterrupt:
+        echo(f"\n[search] interrupted; resume with: peftds search search.dir={sdir}")
+        raise
+
+
+def _run(sdir: Path, overrides: list[str], forward: list[str], echo: Callable) -> int:
     with _dir_lock(sdir), _hydra_session(overrides) as (cfg, launcher):
+        from omegaconf import OmegaConf
+
         search = Search(cfg, sdir, forward, launcher, echo=echo)
+        plain = OmegaConf.to_container(cfg, resolve=False)
+        plain.pop("hydra", None)
+        _write_text_atomic(sdir / "config.yaml", "# the composed search config (without hydra)\n"
+                           + yaml.safe_dump(plain, sort_keys=False))
         return search.run()
 
 
@@ -1125,8 +1173,7 @@ def cmd_search(argv: list[str]) -> int:
     try:
         return run_search(argv, echo=lambda *a: print(*a, flush=True))
     except KeyboardInterrupt:
-        print("\npeftds search: interrupted; run the same command (or add search.dir=<dir>) to resume",
-              file=sys.stderr, flush=True)
+        print("peftds search: interrupted (finished trials are kept)", file=sys.stderr, flush=True)
         return 130
     finally:
         signal.signal(signal.SIGTERM, old)

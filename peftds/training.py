@@ -138,9 +138,21 @@ def _trainer_class():
     class PeftdsTrainer(Trainer):
         """HF Trainer with length-grouped batches and task-specific evaluation."""
 
-        def __init__(self, *args, lengths=None, eval_fn=None, length_grouped=True, **kw):
+        def __init__(self, *args, lengths=None, eval_fn=None, length_grouped=True, compile=False, **kw):
             super().__init__(*args, **kw)
             self._lengths, self._eval_fn, self._length_grouped = lengths, eval_fn, length_grouped
+            # train.compile: training forwards go through torch.compile (static shapes: one compilation per
+            # batch shape, counted; peftds.bench.CompiledModel); evaluation stays eager.
+            self.compiled = None
+            if compile:
+                from .bench import CompiledModel
+
+                self.compiled = CompiledModel(self.model)
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            if self.compiled is not None and model is self.model and model.training:
+                model = self.compiled
+            return super().compute_loss(model, inputs, *args, **kwargs)
 
         def get_train_dataloader(self):
             if not self._length_grouped:
@@ -208,7 +220,7 @@ def _train(cfg, run_dir: Path, rec: RunRecord, start: float) -> None:
     from .apply import build, save_trained
     from .backbones import model_kind
     from .backbones import _hf_config
-    from .batching import Collator
+    from .batching import Collator, default_buckets
     from .data import encode, load_splits, references
     from .metrics import compute_metrics
     from .tasks import Task
@@ -300,18 +312,22 @@ def _train(cfg, run_dir: Path, rec: RunRecord, start: float) -> None:
         dataloader_num_workers=0,
         remove_unused_columns=False,
         disable_tqdm=not tc.progress,
-        torch_compile=bool(tc.get("compile", False)),
+        torch_compile=False,  # train.compile: PeftdsTrainer compiles the training forward itself
     )
     trainer_cls, guard = _trainer_class()
     trainer = trainer_cls(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-        data_collator=Collator(tokenizer.pad_token_id, seq2seq, tc.get("length_buckets")),
+        data_collator=Collator(tokenizer.pad_token_id, seq2seq, tc.get("length_buckets")
+                               or (default_buckets(src_len) if tc.get("compile") else None)),
         lengths=train_ds["length"], eval_fn=eval_fn, length_grouped=bool(tc.length_grouped),
+        compile=bool(tc.get("compile", False)),
         callbacks=[guard()],
     )
     t0 = time.time()
     out = trainer.train()
     train_time = time.time() - t0
+    if trainer.compiled is not None:  # compilations over the run: one per batch shape used
+        rec.update(compile=trainer.compiled.stats())
     if int(tc.max_steps) > 0 or not epochs:  # step-limited runs evaluate once at the end
         trainer.evaluate()
     real_tokens = sum(train_ds["length"])

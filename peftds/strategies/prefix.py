@@ -117,7 +117,8 @@ def _left_pad(t: torch.Tensor, p: int, fill: bool | float) -> torch.Tensor:
 def _extended(src: torch.Tensor, p: int) -> torch.Tensor:
     """``src`` with p leading key columns that block nothing (True for bool masks, 0 otherwise)."""
     fill = True if src.dtype == torch.bool else 0.0
-    if src.requires_grad and torch.is_grad_enabled():
+    # Under torch.compile the id()-keyed cache would force a recompile every step: pad in the graph.
+    if (src.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling():
         return _left_pad(src, p, fill)
     key = (id(src), p)
     hit = _EXT_CACHE.get(key)
@@ -134,6 +135,9 @@ def _extended(src: torch.Tensor, p: int) -> torch.Tensor:
 
 def _causal_with_prefix(q_len: int, kv_len: int, p: int, device: torch.device) -> torch.Tensor:
     """Boolean ``[1, 1, q, p + kv]``: every query sees the prefix, then key j <= query i."""
+    if torch.compiler.is_compiling():
+        causal = torch.arange(q_len, device=device)[:, None] >= torch.arange(kv_len, device=device)[None, :]
+        return _left_pad(causal, p, True)[None, None]
     key = (q_len, kv_len, p, str(device))
     mask = _CAUSAL_CACHE.get(key)
     if mask is None:
@@ -176,10 +180,10 @@ def _family_eager(module: nn.Module) -> Callable:
 
 
 def _make_attention(base: str) -> Callable:
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
     def attention(module, query, key, value, attention_mask, *args, **kwargs):
         if base == "sdpa":
-            from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
             fn = ALL_ATTENTION_FUNCTIONS["sdpa"]
         else:
             fn = _family_eager(module)
