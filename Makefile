@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast inspect-demo
+.PHONY: install run test test-fast inspect-demo bench-demo
 
 # torch is pinned (torch==2.13.0) in pyproject.toml, so it installs in this same step.
 $(BIN)/.installed: pyproject.toml
@@ -32,3 +32,10 @@ test-fast: install ## skip the slow real-model/real-data tests
 
 inspect-demo: install
 	$(BIN)/peftds inspect model=tiny_t5 design=spindle_t5base
+
+bench-demo: install ## CPU step timings of a design vs peft LoRA, the frozen floor, full FT, forward only
+	$(BIN)/peftds bench model=tiny_t5 design=spindle_t5base
+	$(BIN)/peftds bench model=minilm_l6 design=lora
+
+# search-demo, search-tiny and the paper reproduction recipes
+include search.mk

@@ -254,9 +254,7 @@ def _train(cfg, run_dir: Path, rec: RunRecord, start: float) -> None:
     extra = [sp for sp in task.eval_splits[1:] if sp in splits] if eval_split == "validation" else []
     evals = {}
     for name in [eval_split, *extra]:
-        raw = splits[name]
-        if tc.get("max_eval_samples") and len(raw) > int(tc.max_eval_samples):
-            raw = raw.select(range(int(tc.max_eval_samples)))
+        raw = splits[name]  # dev splits are already subsampled by data.max_eval_samples
         evals[name] = (encode(task, tokenizer, raw, kind, src_len, tgt_len), references(task, raw))
     eval_ds, refs = evals[eval_split]
 

@@ -44,7 +44,7 @@ def test_minilm_lora_beats_majority_on_sst2_dev(tmp_path, data_dir):
 @pytest.mark.parametrize("design", ["full", "bitfit"])
 def test_full_and_bitfit_designs_run(tmp_path, data_dir, design):
     rec = run(tmp_path, "model=minilm_l6", f"design={design}", "task=rte", "data.max_train_samples=64",
-              "train.max_steps=4", "train.max_eval_samples=32")
+              "train.max_steps=4", "data.max_eval_samples=32")
     assert rec["status"] == "ok", rec["error"]
     if design == "full":
         assert rec["trainable_params"] == rec["backbone_params"]
@@ -58,7 +58,7 @@ def test_full_and_bitfit_designs_run(tmp_path, data_dir, design):
 def test_tiny_seq2seq_learns_and_scores(tmp_path, data_dir, model, task, metric):
     rec = run(tmp_path, f"model={model}", "design=spindle", f"task={task}", "data.max_train_samples=16",
               "train.max_steps=30", "train.lr=5e-2", "train.warmup_ratio=0", "train.logging_steps=5",
-              "train.max_eval_samples=8", "train.max_source_len=64", "train.max_target_len=16",
+              "data.max_eval_samples=8", "train.max_source_len=64", "train.max_target_len=16",
               "task.generation.num_beams=1")
     assert rec["status"] == "ok", rec["error"]
     losses = [loss for _, loss in rec["loss_history"]]
@@ -68,7 +68,7 @@ def test_tiny_seq2seq_learns_and_scores(tmp_path, data_dir, model, task, metric)
 
 def test_text_to_text_classification_by_ranking(tmp_path, data_dir):
     rec = run(tmp_path, "model=tiny_t5", "design=lora", "task=rte", "data.max_train_samples=16", "train.max_steps=2",
-              "train.max_eval_samples=16")
+              "data.max_eval_samples=16")
     assert rec["status"] == "ok", rec["error"]
     assert set(rec["last"]) >= {"accuracy", "score"}  # ranking always yields a valid label
 

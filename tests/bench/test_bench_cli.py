@@ -144,11 +144,11 @@ def test_bench_eval_rank_vs_generate(capsys, tmp_path, data_dir):
 
 
 def test_bench_paper_shape_config_without_special_ids(capsys, tmp_path):
-    """conf/model/t5_base.yaml built from its shape (no weights) has no decoder_start_token_id: bench fills it."""
+    """A T5 shape without decoder_start_token_id (a user's config; ours set it): bench fills it."""
     out = tmp_path / "b.json"
     code = main(["bench", "model=t5_base", "model.pretrained=false", "model.shape.d_model=32", "model.shape.d_ff=64",
                  "model.shape.num_layers=1", "model.shape.num_decoder_layers=1", "model.shape.vocab_size=8000",
-                 "budget=p2", "design=lora", "bench.variants=[design,floor]", "bench.memory=false", *SMALL,
+                 "~model.shape.decoder_start_token_id", "budget=p2", "design=lora", "bench.variants=[design,floor]", "bench.memory=false", *SMALL,
                  f"bench.out={out}"])
     printed = capsys.readouterr().out
     assert code == 0 and "decoder_start_token_id=0" in printed

@@ -36,7 +36,7 @@ def test_compiled_training_matches_eager_and_compiles_once_per_bucket(compose_cf
     from peftds.training import train_job
 
     over = [*TINY_T5, "design=lora", "task=sst2", f"data.dir={data_dir}", "data.max_train_samples=64",
-            "train.max_eval_samples=16", "train.epochs=1", "train.logging_steps=1", "train.progress=false",
+            "data.max_eval_samples=16", "train.epochs=1", "train.logging_steps=1", "train.progress=false",
             "train.save_params=false", f"train.length_buckets={BUCKETS}"]
     recs = {}
     with cpu_threads(1):
