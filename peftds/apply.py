@@ -13,7 +13,8 @@ from torch import nn
 
 from .backbones import Backbone, build_model, count_trainable
 from .budget import budget_params
-from .design import Design, Plan, _plain
+from .config import plain
+from .design import Design, Plan
 from .errors import PeftdsError
 from .strategies import APPLY_ORDER, LayerShape, get_strategy
 
@@ -79,7 +80,7 @@ def resolve(backbone: Backbone, design_cfg: Mapping[str, Any], budget_fraction: 
     design = Design.from_config(design_cfg)
     n_backbone = backbone.backbone_params()
     plan = design.resolve(layer_shapes(backbone), n_backbone, budget_params(budget_fraction, n_backbone), seed=seed)
-    plan.model = dict(_plain(model_cfg) or {})
+    plan.model = dict(plain(model_cfg) or {})
     return plan
 
 

@@ -64,6 +64,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from .config import plain
 from .errors import PeftdsError
 
 PEFT_TARGETS = {"t5": ["q", "v"], "bart": ["q_proj", "v_proj"], "bert": ["query", "value"], "roberta": ["query", "value"]}
@@ -75,15 +76,6 @@ COMPILE_RTOL = {"fp32": 1e-4, "bf16": 2e-2}
 
 
 # ============================================================================ small utilities
-def _plain(obj: Any) -> Any:
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(obj, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return obj
 
 
 def _median(xs: Sequence[float]) -> float:
@@ -466,7 +458,7 @@ def build_variants(cfg, argv: Sequence[str], device: torch.device) -> tuple[list
     from .budget import budget_params
 
     bc = cfg.bench
-    wanted = list(_plain(bc.variants) or VARIANTS)
+    wanted = list(plain(bc.variants) or VARIANTS)
     bad = [v for v in wanted if v not in VARIANTS]
     if bad:
         raise PeftdsError(f"bench.variants: unknown {bad} (known: {', '.join(VARIANTS)})")
@@ -505,7 +497,7 @@ def build_variants(cfg, argv: Sequence[str], device: torch.device) -> tuple[list
 
     if "design" in wanted:
         variants.append(design_variant("design", cfg.design))
-    for extra in _plain(bc.designs) or []:
+    for extra in plain(bc.designs) or []:
         name = f"design:{Path(str(extra)).stem}"
         try:  # an extra design that cannot be built is reported, the others are still timed
             variants.append(design_variant(name, _compose_design(argv, str(extra))))
@@ -614,7 +606,7 @@ def _run_bench(cfg, argv, bc, device, bf16, steps, warmup, load_before) -> dict[
     compile_info: dict[str, Any] | None = None
     if bc.get("compile"):
         compile_info = {"mode": bc.get("compile_mode"), "variants": {}}
-        for name in _plain(bc.get("compile_variants")) or ["design"]:
+        for name in plain(bc.get("compile_variants")) or ["design"]:
             src = by_name.get(name)
             if src is None or not src.train:
                 raise PeftdsError(f"bench.compile_variants: '{name}' is not a timed training variant here")
@@ -814,7 +806,7 @@ def write_json(path: Path, obj: Any) -> None:
 
 # ============================================================================ bench-data
 def _data_cfg_full(cfg) -> dict[str, Any]:
-    d = dict(_plain(cfg.data) or {})
+    d = dict(plain(cfg.data) or {})
     d.update({"heldout": 0, "max_train_samples": None})
     return d
 
@@ -941,8 +933,8 @@ def run_bench_data(cfg, argv: Sequence[str] = ()) -> dict[str, Any]:
     bs = int(dc.batch_size)
     rec: dict[str, Any] = {"model": _model_name(argv), "tokenizer": cfg.model.get("tokenizer") or cfg.model.get("name_or_path"),
                            "design": cfg.design.get("name"), "device": str(device), "tasks": {}}
-    time_tasks = set(_plain(dc.get("time_tasks")) or [])
-    for name in _plain(dc.tasks):
+    time_tasks = set(plain(dc.get("time_tasks")) or [])
+    for name in plain(dc.tasks):
         task = _task(name)
         max_len = int(dc.get("max_len") or task.max_source_len)
         t0 = time.time()
@@ -1032,7 +1024,7 @@ def run_bench_eval(cfg, argv: Sequence[str] = ()) -> dict[str, Any]:
     if model_kind(hf_config.model_type) != "seq2seq":
         raise PeftdsError("bench-eval needs a text-to-text model (T5, BART), e.g. model=tiny_t5")
     tokenizer = load_tokenizer(cfg.model, True)
-    splits = load_splits(task, _plain(cfg.data))
+    splits = load_splits(task, plain(cfg.data))
     src_len, tgt_len = task.max_source_len, task.max_target_len
     evals = splits["validation"]
     if ec.get("samples") and len(evals) > int(ec.samples):

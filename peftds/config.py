@@ -6,13 +6,22 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .errors import PeftdsError
 
 CONF_DIR = Path(os.environ.get("PEFTDS_CONF") or Path(__file__).resolve().parent.parent / "conf")
 # Groups whose value may also be a YAML file path (e.g. the design a search wrote).
 FILE_GROUPS = ("design", "space")
+
+
+def plain(obj: Any) -> Any:
+    """OmegaConf containers -> plain Python (dicts/lists, interpolations resolved); anything else as is."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(obj, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(obj, resolve=True)
+    return obj
 
 
 def conf_dir() -> Path:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 from .budget import ALLOCATIONS, MIN_BUDGET_USE, layer_budgets, layer_cost, size_layers
+from .config import plain
 from .errors import InfeasibleDesign, PeftdsError
 from .space import PATTERNS, sample_grouping, satisfies
 from .strategies import NAMES, LayerShape, get_strategy
@@ -22,16 +23,6 @@ DESIGN_KEYS = {"name", "full", "grouping", "tuned", "allocation", "strategies", 
 GROUPING_KEYS = {"groups", "sizes", "pattern"}
 
 
-def _plain(obj: Any) -> Any:
-    """OmegaConf containers -> plain Python (without importing omegaconf here)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(obj, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return obj
 
 
 @dataclass
@@ -48,7 +39,7 @@ class Design:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "Design":
-        cfg = dict(_plain(cfg) or {})
+        cfg = dict(plain(cfg) or {})
         name = str(cfg.get("name", "custom"))
         unknown = set(cfg) - DESIGN_KEYS
         if unknown:

@@ -57,6 +57,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
+from .config import plain
 from .errors import PeftdsError
 from .space import Space, sample_designs, strategy_label
 
@@ -92,7 +93,7 @@ class StageSpec:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], where: str = "stage") -> "StageSpec":
-        cfg = dict(_plain(cfg) or {})
+        cfg = dict(plain(cfg) or {})
         name = str(cfg.get("name") or "stage")
         where = f"{where} '{name}'"
         unknown = sorted(set(cfg) - STAGE_KEYS)
@@ -148,7 +149,7 @@ class StageSpec:
 
 def stage_chain(stage_cfg: Mapping[str, Any]) -> tuple[list[StageSpec], bool]:
     """The stage specs to run in order, and whether this is a chain (stage=all)."""
-    cfg = dict(_plain(stage_cfg) or {})
+    cfg = dict(plain(stage_cfg) or {})
     if not cfg:
         raise PeftdsError("no stage selected (stage=grouping | allocation | tunable | strategy | s0 | all | <file>)")
     if "chain" not in cfg:
@@ -174,15 +175,6 @@ def stage_chain(stage_cfg: Mapping[str, Any]) -> tuple[list[StageSpec], bool]:
 
 
 # =================================================================================== helpers
-def _plain(obj: Any) -> Any:
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(obj, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return obj
 
 
 def _hash(obj: Any, n: int = 8) -> str:
@@ -203,7 +195,7 @@ def _dur(s: float) -> str:
 
 
 def search_settings(cfg) -> dict[str, Any]:
-    raw = dict(_plain(cfg.get("search")) or {})
+    raw = dict(plain(cfg.get("search")) or {})
     unknown = sorted(set(raw) - set(SEARCH_DEFAULTS))
     if unknown:
         raise PeftdsError(f"search config: unknown key(s) {unknown} (known: {sorted(SEARCH_DEFAULTS)})")
@@ -241,7 +233,7 @@ def search_tasks(cfg, settings: Mapping[str, Any]) -> list[str]:
 
 def regime_of(cfg, epochs: int) -> dict[str, Any]:
     """What (besides design, task and seed) determines a trial's result: model, budget, data, training."""
-    c = {k: _plain(cfg.get(k)) for k in ("model", "budget", "data", "train")}
+    c = {k: plain(cfg.get(k)) for k in ("model", "budget", "data", "train")}
     train = {k: v for k, v in (c.get("train") or {}).items() if k not in COSMETIC_TRAIN_KEYS}
     train.update(epochs=int(epochs), eval_split="heldout")
     data = {k: v for k, v in (c.get("data") or {}).items() if k not in COSMETIC_DATA_KEYS}
@@ -477,7 +469,7 @@ class Search:
             shapes = layer_shapes(bb)
             n = bb.backbone_params()
             budget = budget_params(float(self.cfg.budget.fraction), n)
-            hp = dict(_plain(self.cfg.design.get("hparams")) or {})
+            hp = dict(plain(self.cfg.design.get("hparams")) or {})
             Design.from_config({"name": "hparams", "grouping": {"groups": 1}, "strategies": [["lora"]],
                                 "hparams": hp})  # validates the strategy hyper-parameters
             self._model_ctx = {"shapes": shapes, "backbone_params": n, "budget": budget, "hparams": hp,
@@ -606,7 +598,7 @@ class Search:
                     f"now: {space.describe()}. Use a new search.dir")
             changed = [k for k, old, new in (
                 ("search.seed", meta.get("sample_seed"), self.settings["seed"]),
-                ("the stage's options", meta.get("options"), _plain(spec.options)),
+                ("the stage's options", meta.get("options"), plain(spec.options)),
                 ("the task set", meta.get("tasks"), self.tasks),
                 ("the training regime", meta.get("regime"), self.regime_hash),
             ) if old != new]
@@ -660,7 +652,7 @@ class Search:
                               f"(L={self.model_ctx()['layers']}, K={space.groups}): {detail}")
         meta = {
             "name": spec.name, "dimension": spec.dimension, "group": spec.group if spec.dimension == "strategies" else None,
-            "options": _plain(spec.options), "options_order": list(spec.options), "tasks": self.tasks,
+            "options": plain(spec.options), "options_order": list(spec.options), "tasks": self.tasks,
             "n": self.settings["n"], "sample_seed": self.settings["seed"], "min_ok": self.settings["min_ok"],
             "bootstrap": self.settings["bootstrap"], "seed": self.settings["seed"], "epochs": self.settings["epochs"],
             "regime": self.regime_hash, "space_digest": space_digest,
@@ -800,7 +792,7 @@ class Search:
             else:
                 next_space = space.constrain(spec.dimension, spec.options[w],
                                              group=spec.group if spec.dimension == "strategies" else None)
-            hist = {"stage": spec.name, "option": w, "value": _plain(spec.options[w]), "mean": round(ws["mean"], 4),
+            hist = {"stage": spec.name, "option": w, "value": plain(spec.options[w]), "mean": round(ws["mean"], 4),
                     "ci": [round(ws["ci_low"], 4), round(ws["ci_high"], 4)], "designs": ws["designs_ok"],
                     "overlap_runner_up": summary["overlap"]}
             from dataclasses import replace as _replace

@@ -5,6 +5,7 @@ import itertools
 import random
 from functools import lru_cache
 
+from .config import plain
 from .errors import InfeasibleDesign, PeftdsError
 
 PATTERNS = ("increasing", "decreasing", "uniform", "spindle", "bottleneck")
@@ -81,15 +82,6 @@ def _allocations():
     return ALLOCATIONS
 
 
-def _to_plain(obj: Any) -> Any:
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(obj, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return obj
 
 
 def all_groupings(num_layers: int, num_groups: int, pattern: str | None = None) -> tuple[tuple[int, ...], ...]:
@@ -137,7 +129,7 @@ class Space:
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None, where: str = "space") -> "Space":
         """Validate a space config; every problem names the offending key or value."""
-        cfg = dict(_to_plain(cfg) or {})
+        cfg = dict(plain(cfg) or {})
         name = str(cfg.get("name") or "s0")
         where = f"{where} '{name}'"
         unknown = sorted(set(cfg) - SPACE_KEYS)
@@ -167,7 +159,7 @@ class Space:
 
     def _norm(self, dim: str, value: Any, where: str, group: int | None = None):
         """A constraint value in canonical form (raises on a malformed one)."""
-        value = _to_plain(value)
+        value = plain(value)
         k = self.groups
         if dim == "grouping":
             if isinstance(value, str):
