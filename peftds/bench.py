@@ -577,10 +577,9 @@ def run_bench(cfg, argv: Sequence[str] = ()) -> dict[str, Any]:
     """Build, time and measure every variant; returns the bench.json record."""
     import warnings
 
-    import transformers
+    from .training import quiet_libraries
 
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    quiet_libraries(load_bars=False)
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     bc = cfg.bench
     device = resolve_device(bc.get("device"))
@@ -915,14 +914,9 @@ def epoch_timing(cfg, task, encoded, seq2seq: bool, sample: int, batch_size: int
 
 def run_bench_data(cfg, argv: Sequence[str] = ()) -> dict[str, Any]:
     from .backbones import _hf_config, model_kind
-    from .training import load_tokenizer
+    from .training import load_tokenizer, quiet_libraries
 
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bar()
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    quiet_libraries(load_bars=False)
     dc = cfg.bench.data
     hf_config, _ = _hf_config(cfg.model, allow_fallback=False)
     seq2seq = model_kind(hf_config.model_type) == "seq2seq"
@@ -1008,14 +1002,9 @@ def run_bench_eval(cfg, argv: Sequence[str] = ()) -> dict[str, Any]:
     from .batching import Collator
     from .data import encode, label_word_ids, load_splits
     from .tasks import Task, rank_labels
-    from .training import load_tokenizer
+    from .training import load_tokenizer, quiet_libraries
 
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bar()
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    quiet_libraries(load_bars=False)
     ec = cfg.bench.eval
     task = Task.from_config(cfg.task)
     if task.kind != "classification":

@@ -24,6 +24,13 @@ def plain(obj: Any) -> Any:
     return obj
 
 
+def reject_unknown_keys(cfg: Any, known: Any, where: str) -> None:
+    """One clear error naming every key of a config section that its schema does not know."""
+    unknown = sorted(set(cfg) - set(known))
+    if unknown:
+        raise PeftdsError(f"{where}: unknown key(s) {unknown} (known: {sorted(known)})")
+
+
 def conf_dir() -> Path:
     if not (CONF_DIR / "config.yaml").exists():
         raise PeftdsError(f"config tree not found at {CONF_DIR} (set PEFTDS_CONF to the repo's conf/ folder)")

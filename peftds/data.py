@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .config import reject_unknown_keys
 from .errors import PeftdsError
 
 DATA_DEFAULTS: dict[str, Any] = {
@@ -48,9 +49,7 @@ def data_config(data_cfg: Any = None) -> dict[str, Any]:
                 data_cfg = OmegaConf.to_container(data_cfg, resolve=True)
         except ImportError:  # pragma: no cover
             pass
-        unknown = sorted(set(data_cfg) - set(DATA_DEFAULTS))
-        if unknown:
-            raise PeftdsError(f"data config: unknown key(s) {unknown} (known: {sorted(DATA_DEFAULTS)})")
+        reject_unknown_keys(data_cfg, DATA_DEFAULTS, "data config")
         cfg.update({k: v for k, v in dict(data_cfg).items()})
     if cfg["source"] not in ("auto", "local", "hub"):
         raise PeftdsError(f"data.source must be auto, local or hub, got '{cfg['source']}'")

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 from .budget import ALLOCATIONS, MIN_BUDGET_USE, layer_budgets, layer_cost, size_layers
-from .config import plain
+from .config import plain, reject_unknown_keys
 from .errors import InfeasibleDesign, PeftdsError
 from .space import PATTERNS, sample_grouping, satisfies
 from .strategies import NAMES, LayerShape, get_strategy
@@ -41,9 +41,7 @@ class Design:
     def from_config(cls, cfg: Mapping[str, Any]) -> "Design":
         cfg = dict(plain(cfg) or {})
         name = str(cfg.get("name", "custom"))
-        unknown = set(cfg) - DESIGN_KEYS
-        if unknown:
-            raise PeftdsError(f"design '{name}': unknown key(s) {sorted(unknown)} (known: {sorted(DESIGN_KEYS)})")
+        reject_unknown_keys(cfg, DESIGN_KEYS, f"design '{name}'")
         hparams = {k: dict(v or {}) for k, v in (cfg.get("hparams") or {}).items()}
         for strat, hp in hparams.items():
             get_strategy(strat).hparams(hp)  # validates names

@@ -25,6 +25,13 @@ LETTERS_NOTE = "A = Adapter, P = Prefix, B = BitFit, L = LoRA"
 
 
 # ----------------------------------------------------------------------------------- statistics
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
 def _finite(x: Any) -> bool:
     try:
         return math.isfinite(float(x))
@@ -280,11 +287,7 @@ def plot_stage(summary: Mapping[str, Any], out_dir: Path, title: str) -> list[Pa
     ax.grid(alpha=0.3)
     if opts:
         ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    p = out_dir / EDF_PLOT
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    paths.append(p)
+    paths.append(_save(plt, fig, out_dir / EDF_PLOT))
 
     fig, ax = plt.subplots(figsize=(max(4.8, 0.55 * len(summary["order"]) + 2), 4.2))
     import random as _random
@@ -304,11 +307,7 @@ def plot_stage(summary: Mapping[str, Any], out_dir: Path, title: str) -> list[Pa
     ax.set_ylabel("design score (mean over tasks)")
     ax.set_title(f"{title}: scores by option (mean, 95% CI)")
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    p = out_dir / SCORES_PLOT
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    paths.append(p)
+    paths.append(_save(plt, fig, out_dir / SCORES_PLOT))
     return paths
 
 

@@ -57,7 +57,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
-from .config import plain
+from .config import plain, reject_unknown_keys
 from .errors import PeftdsError
 from .space import Space, sample_designs, strategy_label
 
@@ -96,9 +96,7 @@ class StageSpec:
         cfg = dict(plain(cfg) or {})
         name = str(cfg.get("name") or "stage")
         where = f"{where} '{name}'"
-        unknown = sorted(set(cfg) - STAGE_KEYS)
-        if unknown:
-            raise PeftdsError(f"{where}: unknown key(s) {unknown} (known: {sorted(STAGE_KEYS)})")
+        reject_unknown_keys(cfg, STAGE_KEYS, where)
         dim_cfg = cfg.get("dimension") or "none"
         if dim_cfg not in STAGE_DIMENSIONS:
             raise PeftdsError(f"{where}: unknown dimension '{dim_cfg}' (known: {', '.join(STAGE_DIMENSIONS)})")
@@ -196,9 +194,7 @@ def _dur(s: float) -> str:
 
 def search_settings(cfg) -> dict[str, Any]:
     raw = dict(plain(cfg.get("search")) or {})
-    unknown = sorted(set(raw) - set(SEARCH_DEFAULTS))
-    if unknown:
-        raise PeftdsError(f"search config: unknown key(s) {unknown} (known: {sorted(SEARCH_DEFAULTS)})")
+    reject_unknown_keys(raw, SEARCH_DEFAULTS, "search config")
     s = {**SEARCH_DEFAULTS, **raw}
     for key in ("n", "epochs", "bootstrap", "max_draws", "seed"):
         try:

@@ -5,7 +5,7 @@ import itertools
 import random
 from functools import lru_cache
 
-from .config import plain
+from .config import plain, reject_unknown_keys
 from .errors import InfeasibleDesign, PeftdsError
 
 PATTERNS = ("increasing", "decreasing", "uniform", "spindle", "bottleneck")
@@ -132,9 +132,7 @@ class Space:
         cfg = dict(plain(cfg) or {})
         name = str(cfg.get("name") or "s0")
         where = f"{where} '{name}'"
-        unknown = sorted(set(cfg) - SPACE_KEYS)
-        if unknown:
-            raise PeftdsError(f"{where}: unknown key(s) {unknown} (known: {sorted(SPACE_KEYS)})")
+        reject_unknown_keys(cfg, SPACE_KEYS, where)
         try:
             k = int(cfg.get("groups") or 4)
         except (TypeError, ValueError):

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from .config import reject_unknown_keys
 from .errors import PeftdsError
 
 KINDS = ("classification", "regression", "generation")
@@ -73,9 +74,7 @@ class Task:
         cfg = dict(cfg)
         name = cfg.get("name") or "<unnamed>"
         known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise PeftdsError(f"task '{name}': unknown key(s) {unknown} (known: {sorted(known)})")
+        reject_unknown_keys(cfg, known, f"task '{name}'")
         missing = [k for k in ("name", "kind", "input_columns", "label_column", "num_labels", "template",
                                "metrics", "score") if cfg.get(k) is None]
         if missing:

@@ -79,6 +79,21 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def quiet_libraries(load_bars: bool = True) -> None:
+    """Silence expected library chatter: datasets' map bars, transformers' load reports (e.g.
+    "classifier MISSING"), rouge-score's "Using default tokenizer."; optionally the weight-loading bars."""
+    import logging
+
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bar()
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    transformers.logging.set_verbosity_error()
+    if not load_bars:
+        transformers.utils.logging.disable_progress_bar()
+
+
 def load_tokenizer(model_cfg: Mapping[str, Any], seq2seq: bool):
     from transformers import AutoTokenizer
 
@@ -225,14 +240,7 @@ def _train(cfg, run_dir: Path, rec: RunRecord, start: float) -> None:
     from .metrics import compute_metrics
     from .tasks import Task
 
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bar()
-    import logging
-
-    logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score's "Using default tokenizer."
-    transformers.logging.set_verbosity_error()  # load reports (e.g. "classifier MISSING") are expected
+    quiet_libraries()
     tc = cfg.train
     seed = int(cfg.seed)
     set_seed(seed)
