@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from .errors import PeftdsError
+from peftds.errors import PeftdsError
 
 USAGE = """usage: peftds <command> [key=value ...]
 
@@ -30,8 +30,8 @@ def _model_name(argv: list[str]) -> str | None:
 
 
 def cmd_inspect(argv: list[str]) -> int:
-    from . import inspect
-    from .config import compose
+    from peftds.design import inspect
+    from peftds.config.compose import compose
 
     cfg = compose(argv)
     from omegaconf import open_dict
@@ -53,7 +53,7 @@ def _load_commands() -> None:
     """Commands living in their own modules register themselves on import (if present)."""
     import importlib
 
-    for mod in ("training", "search", "report", "bench"):
+    for mod in ("train.job", "search.runner", "search.report", "bench.step"):
         try:
             m = importlib.import_module(f"peftds.{mod}")
         except ModuleNotFoundError as e:

@@ -36,6 +36,6 @@ def data_dir() -> Path:
 @pytest.fixture()
 def compose_cfg():
     """Compose the real config tree with overrides (no Hydra run)."""
-    from peftds.config import compose
+    from peftds.config.compose import compose
 
     return lambda *overrides: compose(list(overrides))

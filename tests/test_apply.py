@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from peftds.apply import build, load_trained, save_trained
-from peftds.config import compose
+from peftds.design.apply import build, load_trained, save_trained
+from peftds.config.compose import compose
 
 
 @pytest.mark.parametrize("model,design,labels", [("tiny_t5", "spindle_t5base", None), ("tiny_bert", "spindle", 3)])

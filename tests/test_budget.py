@@ -1,11 +1,11 @@
 """Budget rules (SPEC §3) on the real T5-base shape (built on the meta device: no weights)."""
 import pytest
 
-from peftds.apply import layer_shapes
-from peftds.backbones import Backbone, build_model
-from peftds.budget import budget_params, layer_budgets, largest_size, size_layers
+from peftds.design.apply import layer_shapes
+from peftds.model.backbones import Backbone, build_model
+from peftds.design.budget import budget_params, layer_budgets, largest_size, size_layers
 from peftds.errors import InfeasibleDesign
-from peftds.strategies import get_strategy
+from peftds.model.strategies import get_strategy
 
 T5_BASE = {"arch": "t5", "pretrained": False, "shape": {"d_model": 768, "d_kv": 64, "num_heads": 12, "d_ff": 3072,
                                                         "num_layers": 12, "num_decoder_layers": 12, "vocab_size": 32128}}

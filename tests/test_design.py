@@ -4,20 +4,20 @@ import random
 import pytest
 import torch
 
-from peftds.apply import apply_plan, build, layer_shapes
-from peftds.backbones import Backbone, build_model, count_trainable
-from peftds.budget import ALLOCATIONS, budget_params
-from peftds.design import Design, Plan
+from peftds.design.apply import apply_plan, build, layer_shapes
+from peftds.model.backbones import Backbone, build_model, count_trainable
+from peftds.design.budget import ALLOCATIONS, budget_params
+from peftds.design.plan import Design, Plan
 from peftds.errors import InfeasibleDesign, PeftdsError
-from peftds.space import PATTERNS, satisfies
-from peftds.strategies import NAMES, get_strategy
+from peftds.design.space import PATTERNS, satisfies
+from peftds.model.strategies import NAMES, get_strategy
 
 FAMILIES = ["tiny_t5", "tiny_bart", "tiny_roberta", "tiny_bert"]
 
 
 @pytest.fixture(scope="module")
 def model_cfgs():
-    from peftds.config import compose
+    from peftds.config.compose import compose
 
     return {m: compose([f"model={m}"]) for m in FAMILIES}
 
@@ -71,7 +71,7 @@ def test_property_random_designs(family, model_cfgs):
 
 def test_real_model_count_matches_plan(model_cfgs):
     """On real (non-meta) tensors too, for the paper design on tiny T5."""
-    from peftds.config import compose
+    from peftds.config.compose import compose
 
     cfg = compose(["model=tiny_t5", "design=spindle_t5base"])
     built = build(cfg.model, cfg.design, float(cfg.budget.fraction))
@@ -109,7 +109,7 @@ def test_design_errors_name_the_culprit():
 
 def test_plan_round_trip_and_digest(model_cfgs):
     cfg = model_cfgs["tiny_t5"]
-    from peftds.config import compose
+    from peftds.config.compose import compose
 
     d = compose(["model=tiny_t5", "design=spindle"]).design
     a = build(cfg.model, d, 0.02, seed=3, device="meta").plan

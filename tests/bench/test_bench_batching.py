@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from peftds.batching import (
+from peftds.data.batching import (
     Collator,
     LengthGroupedBatchSampler,
     batch_mate_overlap,

@@ -94,10 +94,10 @@ def test_bench_rejects_unknown_variant(capsys):
 
 def test_peft_rank_on_t5_base_shape_matches_paper():
     """0.5% of T5-base affords peft LoRA q,v rank 10 (0.49% of the backbone), as in the reference figures."""
-    from peftds.backbones import Backbone, build_model
-    from peftds.bench import peft_lora_plan
-    from peftds.budget import budget_params
-    from peftds.config import compose
+    from peftds.model.backbones import Backbone, build_model
+    from peftds.bench.step import peft_lora_plan
+    from peftds.design.budget import budget_params
+    from peftds.config.compose import compose
 
     cfg = compose(["model=t5_base", "model.pretrained=false"])
     bb = Backbone(build_model(cfg.model, device="meta"))

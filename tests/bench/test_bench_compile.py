@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from peftds.bench import CompiledModel, cpu_threads
+from peftds.bench.step import CompiledModel, cpu_threads
 from peftds.cli import main
 
 pytestmark = pytest.mark.slow
@@ -17,11 +17,11 @@ BUCKETS = [32, 128]
 
 def buckets_used(cfg):
     """Source lengths an epoch's batches pad to, computed apart from the trainer."""
-    from peftds.backbones import model_kind
-    from peftds.batching import LengthGroupedBatchSampler, bucket_length
-    from peftds.data import encode, load_splits
-    from peftds.tasks import Task
-    from peftds.training import load_tokenizer
+    from peftds.model.backbones import model_kind
+    from peftds.data.batching import LengthGroupedBatchSampler, bucket_length
+    from peftds.data.loading import encode, load_splits
+    from peftds.data.tasks import Task
+    from peftds.train.job import load_tokenizer
 
     task = Task.from_config(cfg.task)
     tok = load_tokenizer(cfg.model, True)
@@ -33,7 +33,7 @@ def buckets_used(cfg):
 
 
 def test_compiled_training_matches_eager_and_compiles_once_per_bucket(compose_cfg, data_dir, tmp_path):
-    from peftds.training import train_job
+    from peftds.train.job import train_job
 
     over = [*TINY_T5, "design=lora", "task=sst2", f"data.dir={data_dir}", "data.max_train_samples=64",
             "data.max_eval_samples=16", "train.epochs=1", "train.logging_steps=1", "train.progress=false",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from peftds.search import run_search
+from peftds.search.runner import run_search
 
 REPO = Path(__file__).resolve().parents[2]
 CHAIN = """\

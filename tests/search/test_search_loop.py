@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from peftds.errors import PeftdsError
-from peftds.search import run_search
+from peftds.search.runner import run_search
 
 S4 = [["adapter", "lora"], ["adapter", "prefix"], ["adapter", "prefix", "bitfit"], ["prefix", "bitfit", "lora"]]
 
@@ -20,7 +20,7 @@ S4 = [["adapter", "lora"], ["adapter", "prefix"], ["adapter", "prefix", "bitfit"
 def fake_score(design) -> float:
     """Deterministic scores with a known stage-by-stage optimum: spindle > uniform allocation > all
     groups tuned > the S4 strategy of G1 > G2 > G3 > G4 (each bonus beats all later ones combined)."""
-    from peftds.space import satisfies
+    from peftds.design.space import satisfies
 
     sizes = tuple(design["grouping"]["sizes"])
     score = 64.0 * satisfies(sizes, "spindle") + 32.0 * (design["allocation"] == "uniform")
@@ -34,7 +34,7 @@ def fake_training(monkeypatch):
     """Replace training.train_job (what a trial runs) by a stand-in writing the same result.json."""
     from omegaconf import OmegaConf
 
-    import peftds.training as training
+    import peftds.train.job as training
 
     calls: list[dict] = []
     rules: dict = {}
@@ -116,11 +116,11 @@ def test_stage_all_chains_every_stage_to_a_final_design(tmp_path, fake_training,
     # the final design is concrete and accepted by `peftds train design=<file>`
     best = sdir / "best_design.yaml"
     cfg = compose_cfg("model=tiny_roberta", f"design={best}")
-    from peftds.space import satisfies
+    from peftds.design.space import satisfies
 
     sizes = tuple(cfg.design.grouping.sizes)
     assert sum(sizes) == 12 and satisfies(sizes, "spindle") and [list(s) for s in cfg.design.strategies] == S4
-    from peftds.apply import build
+    from peftds.design.apply import build
 
     built = build(cfg.model, cfg.design, float(cfg.budget.fraction), num_labels=2, device="meta")
     assert tuple(built.plan.groups) == sizes and built.plan.trainable_params <= built.plan.budget_params

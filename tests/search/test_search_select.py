@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from peftds.report import (
+from peftds.search.report import (
     bootstrap_ci,
     design_scores,
     edf,

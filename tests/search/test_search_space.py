@@ -8,8 +8,8 @@ import random
 import pytest
 
 from peftds.errors import PeftdsError
-from peftds.search import StageSpec, stage_chain
-from peftds.space import (
+from peftds.search.runner import StageSpec, stage_chain
+from peftds.design.space import (
     Space,
     all_groupings,
     draw_seed,
@@ -30,16 +30,16 @@ def model24(compose_cfg_module):
 
 @pytest.fixture(scope="module")
 def compose_cfg_module():
-    from peftds.config import compose
+    from peftds.config.compose import compose
 
     return lambda *ov: compose(list(ov))
 
 
 def _model_ctx(cfg):
-    from peftds.apply import layer_shapes
-    from peftds.backbones import Backbone, build_model
-    from peftds.budget import budget_params
-    from peftds.design import Design
+    from peftds.design.apply import layer_shapes
+    from peftds.model.backbones import Backbone, build_model
+    from peftds.design.budget import budget_params
+    from peftds.design.plan import Design
 
     bb = Backbone(build_model(cfg.model, num_labels=2, device="meta"))
     shapes = layer_shapes(bb)

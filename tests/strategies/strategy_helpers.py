@@ -16,8 +16,8 @@ from torch import nn  # noqa: E402
 
 import pytest  # noqa: E402
 
-from peftds.backbones import Backbone  # noqa: E402
-from peftds.strategies import APPLY_ORDER, LayerShape, get_strategy  # noqa: E402
+from peftds.model.backbones import Backbone  # noqa: E402
+from peftds.model.strategies import APPLY_ORDER, LayerShape, get_strategy  # noqa: E402
 
 VOCAB = 128
 FAMILIES = ("t5", "bart", "bert", "roberta")

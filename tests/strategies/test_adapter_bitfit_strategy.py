@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from peftds.strategies.adapter import AdapterWrapped
+from peftds.model.strategies.adapter import AdapterWrapped
 
 from strategy_helpers import FAMILIES, apply_plan, batch, frozen, outputs, uniform_plan
 from strategy_helpers import one_thread  # noqa: F401  (autouse fixture)

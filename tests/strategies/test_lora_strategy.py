@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from peftds.strategies.lora import LoRALinear
+from peftds.model.strategies.lora import LoRALinear
 
 from strategy_helpers import apply_plan, batch, build_model, frozen, outputs, uniform_plan
 from strategy_helpers import one_thread  # noqa: F401  (autouse fixture)

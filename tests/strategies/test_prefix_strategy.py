@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from peftds.strategies.prefix import PREFIX_ATTR, WRAPPED, _causal_with_prefix, _extended
+from peftds.model.strategies.prefix import PREFIX_ATTR, WRAPPED, _causal_with_prefix, _extended
 
 from strategy_helpers import FAMILIES, SEQ2SEQ, apply_plan, batch, frozen, outputs, uniform_plan
 from strategy_helpers import one_thread  # noqa: F401  (autouse fixture)
@@ -135,7 +135,7 @@ def test_switch_without_prefix_is_transparent_and_prefix_changes_outputs(family,
     inputs = batch(family)
     with torch.no_grad():
         before = outputs(model, inputs)
-        from peftds.strategies import get_strategy
+        from peftds.model.strategies import get_strategy
 
         strat = get_strategy("prefix")
         strat.prepare(bb, strat.hparams({}))

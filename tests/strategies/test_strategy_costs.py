@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from peftds.strategies import STRATEGIES, LayerShape
-from peftds.strategies.adapter import AdapterWrapped
-from peftds.strategies.lora import LoRALinear
-from peftds.strategies.prefix import ENCODER_ATTR, PREFIX_ATTR
+from peftds.model.strategies import STRATEGIES, LayerShape
+from peftds.model.strategies.adapter import AdapterWrapped
+from peftds.model.strategies.lora import LoRALinear
+from peftds.model.strategies.prefix import ENCODER_ATTR, PREFIX_ATTR
 
 from strategy_helpers import FAMILIES, apply_plan, frozen, trainable
 from strategy_helpers import one_thread  # noqa: F401  (autouse fixture)

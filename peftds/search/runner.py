@@ -10,7 +10,7 @@
 Without search.dir the search dir is outputs/search/<stage>/run-<hash of the arguments>, so running
 the same command again resumes the same search (launcher choice is not part of the hash).
 
-A stage samples N designs per option from (space ∧ option) (peftds.space), trains each on every task
+A stage samples N designs per option from (space ∧ option) (peftds.design.space), trains each on every task
 of the task set in the low-compute regime, scores it on the held-out slice of the training data,
 picks the option with the highest mean and writes the refined space (space_next.yaml). Trials are
 ordinary `peftds train` jobs (training.train_job) launched through Hydra's launcher plugins: the
@@ -57,9 +57,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
-from .config import plain, reject_unknown_keys
-from .errors import PeftdsError
-from .space import Space, sample_designs, strategy_label
+from peftds.config.compose import plain, reject_unknown_keys
+from peftds.errors import PeftdsError
+from peftds.design.space import Space, sample_designs, strategy_label
 
 CLI_COMMANDS: dict[str, Any] = {}
 
@@ -211,8 +211,8 @@ def search_settings(cfg) -> dict[str, Any]:
 
 
 def search_tasks(cfg, settings: Mapping[str, Any]) -> list[str]:
-    from .config import conf_dir
-    from .tasks import known_tasks, task_set
+    from peftds.config.compose import conf_dir
+    from peftds.data.tasks import known_tasks, task_set
 
     if settings.get("tasks"):
         tasks = [str(t) for t in settings["tasks"]]
@@ -331,7 +331,7 @@ class TrialTable:
 
 # =================================================================================== trials
 def read_result(trial_dir: Path) -> dict[str, Any] | None:
-    from .training import RESULT_FILE
+    from peftds.train.job import RESULT_FILE
 
     p = Path(trial_dir) / RESULT_FILE
     if not p.exists():
@@ -347,7 +347,7 @@ def trial_job(cfg) -> dict[str, Any]:
     in the Hydra job dir, quiet (its output goes to trial.log), plus the device it ran on."""
     import torch
 
-    from .training import RESULT_FILE, run_dir_of, train_job, write_json_atomic
+    from peftds.train.job import RESULT_FILE, run_dir_of, train_job, write_json_atomic
 
     settings = cfg.get("search") or {}
     if settings.get("gpu_slots"):
@@ -455,10 +455,10 @@ class Search:
     # ------------------------------------------------------------------ model (meta device, once)
     def model_ctx(self):
         if self._model_ctx is None:
-            from .apply import layer_shapes
-            from .backbones import Backbone, build_model
-            from .budget import budget_params
-            from .design import Design
+            from peftds.design.apply import layer_shapes
+            from peftds.model.backbones import Backbone, build_model
+            from peftds.design.budget import budget_params
+            from peftds.design.plan import Design
 
             model = build_model(self.cfg.model, num_labels=2, device="meta")
             bb = Backbone(model)
@@ -473,7 +473,7 @@ class Search:
         return self._model_ctx
 
     def resolve(self, design: Mapping[str, Any]):
-        from .design import Design
+        from peftds.design.plan import Design
 
         m = self.model_ctx()
         d = Design.from_config({"name": "sample", **design, "hparams": m["hparams"]})
@@ -487,16 +487,13 @@ class Search:
 
     def check_data(self) -> None:
         """Every task's data can be found (local files, or the hub when online) before any training."""
-        from . import data as data_mod
-        from .config import conf_dir
-        from .tasks import load_task
+        from peftds.config.compose import conf_dir
+        from peftds.data.loading import choose_source, data_config
+        from peftds.data.tasks import load_task
 
-        choose = getattr(data_mod, "_choose_source", None)
-        if choose is None:  # pragma: no cover - data module without the check
-            return
-        dcfg = data_mod.data_config(self.cfg.get("data"))
+        dcfg = data_config(self.cfg.get("data"))
         for name in self.tasks:
-            choose(load_task(name, conf_dir()), dcfg)
+            choose_source(load_task(name, conf_dir()), dcfg)
 
     def plan_stages(self) -> tuple[list[StageSpec], bool, Space]:
         specs, chain = stage_chain(self.cfg.get("stage"))
@@ -745,7 +742,7 @@ class Search:
         return 1
 
     def run_stage(self, spec: StageSpec, space: Space) -> dict[str, Any]:
-        from .report import stage_summary, write_stage_report, markdown_table, verdict
+        from peftds.search.report import stage_summary, write_stage_report, markdown_table, verdict
 
         stage_dir = self.dir / _safe(spec.name)
         stage_dir.mkdir(parents=True, exist_ok=True)
@@ -833,7 +830,7 @@ class Search:
 
     def _reset_failed(self, table: TrialTable, trials: Mapping[str, Trial]) -> None:
         """search.retry_failed: forget failed trials (their rows go, result.json -> result.failed.json)."""
-        from .training import RESULT_FILE
+        from peftds.train.job import RESULT_FILE
 
         failed = [t for t in trials.values() if _effective_status(self.finished(t)) == "failed"]
         if not failed:
@@ -847,7 +844,7 @@ class Search:
     def _launch(self, batch: list[Trial], spec: StageSpec) -> None:
         from hydra.core.utils import JobStatus
 
-        from .training import RunRecord
+        from peftds.train.job import RunRecord
 
         overrides = [self.trial_overrides(t, spec) for t in batch]
         try:
@@ -936,7 +933,7 @@ def _override_key(arg: str) -> str:
 
 
 def _primary_groups() -> set[str]:
-    from .config import conf_dir
+    from peftds.config.compose import conf_dir
 
     cfg = yaml.safe_load((conf_dir() / "config.yaml").read_text()) or {}
     groups = set()
@@ -1010,7 +1007,7 @@ def _hydra_session(overrides: list[str]):
     from hydra.core.plugins import Plugins
     from hydra.types import HydraContext, RunMode
 
-    from .config import conf_dir, hydra_error_line
+    from peftds.config.compose import conf_dir, hydra_error_line
 
     @contextlib.contextmanager
     def session():
@@ -1053,7 +1050,7 @@ def prepare(argv: Sequence[str]) -> tuple[Path, list[str], list[str]]:
         if state.exists():
             stored = list(json.loads(state.read_text()).get("args") or [])
     else:
-        from .config import compose
+        from peftds.config.compose import compose
 
         probe_root = Path(_tmpdir())
         probe = _with_defaults(_normalise(argv, probe_root / "conf"))

@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import Backbone, Layer
-from ..errors import PeftdsError
-from .base import LayerShape, Strategy
-from .lora import LinearWrapper, innermost_linear
+from peftds.model.backbones import Backbone, Layer
+from peftds.errors import PeftdsError
+from peftds.model.strategies.base import LayerShape, Strategy
+from peftds.model.strategies.lora import LinearWrapper, innermost_linear
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "silu": F.silu}
 PLACEMENTS = ("ffn", "attn", "both")

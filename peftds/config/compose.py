@@ -8,9 +8,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import PeftdsError
+from peftds.errors import PeftdsError
 
-CONF_DIR = Path(os.environ.get("PEFTDS_CONF") or Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = Path(os.environ.get("PEFTDS_CONF") or Path(__file__).resolve().parents[2] / "conf")
 # Groups whose value may also be a YAML file path (e.g. the design a search wrote).
 FILE_GROUPS = ("design", "space")
 

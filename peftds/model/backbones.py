@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import PeftdsError
+from peftds.errors import PeftdsError
 
 ENCODER, DECODER = "encoder", "decoder"
 

@@ -1,12 +1,12 @@
 """The four PEFT strategies (SPEC §4), one module each, behind one registry."""
 from __future__ import annotations
 
-from ..errors import PeftdsError
-from .adapter import Adapter
-from .base import AttnShape, LayerShape, Strategy
-from .bitfit import BitFit
-from .lora import LoRA
-from .prefix import Prefix
+from peftds.errors import PeftdsError
+from peftds.model.strategies.adapter import Adapter
+from peftds.model.strategies.base import AttnShape, LayerShape, Strategy
+from peftds.model.strategies.bitfit import BitFit
+from peftds.model.strategies.lora import LoRA
+from peftds.model.strategies.prefix import Prefix
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (Adapter(), Prefix(), BitFit(), LoRA())}
 # Order in which strategies are applied inside a layer: BitFit first (it touches the raw Linears),

@@ -9,7 +9,7 @@ A task is a plain YAML mapping in ``conf/task/<name>.yaml`` (Hydra config group 
 ``num_labels``      classes (classification), 1 (regression), 0 (generation)
 ``label_words``     text-to-text target word of each class index (classification only)
 ``template``        text-to-text source, ``str.format`` over the row's columns ("rte sentence1: {sentence1} ...")
-``metrics``         every metric reported (names known to :mod:`peftds.metrics`)
+``metrics``         every metric reported (names known to :mod:`peftds.data.metrics`)
 ``score``           the metric(s) whose mean is the task's score (the value that enters a GLUE average)
 ``hub``             ``{path, name, splits: {our_split: hub_split}}``
 ``local``           local files relative to the data folder: ``{train: ..., validation: ..., [validation_mismatched]}``,
@@ -28,15 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import reject_unknown_keys
-from .errors import PeftdsError
+from peftds.config.compose import reject_unknown_keys
+from peftds.errors import PeftdsError
 
 KINDS = ("classification", "regression", "generation")
 
 
 def default_conf_dir() -> Path:
     """The repository's ``conf/`` folder."""
-    return Path(__file__).resolve().parent.parent / "conf"
+    return Path(__file__).resolve().parents[2] / "conf"
 
 
 @dataclass
@@ -93,7 +93,7 @@ class Task:
         return task
 
     def _check(self) -> None:
-        from .metrics import METRICS
+        from peftds.data.metrics import METRICS
 
         n = self.name
         if self.kind not in KINDS:
@@ -136,7 +136,7 @@ class Task:
 
     @property
     def eval_splits(self) -> list[str]:
-        """Dev splits that :func:`peftds.data.load_splits` returns: ``validation`` first (the scored one)."""
+        """Dev splits that :func:`peftds.data.loading.load_splits` returns: ``validation`` first (the scored one)."""
         hub_splits = (self.hub.get("splits") or {}).keys()
         return ["validation"] + sorted(s for s in hub_splits if s.startswith("validation_"))
 
@@ -260,7 +260,7 @@ def rank_labels(
     """Text-to-text classification by ranking label words (SPEC §6).
 
     For an HF encoder-decoder ``model`` (T5, BART), score every candidate target sequence
-    ``label_word_ids[c]`` (eos-terminated token ids, see :func:`peftds.data.label_word_ids`) by its
+    ``label_word_ids[c]`` (eos-terminated token ids, see :func:`peftds.data.loading.label_word_ids`) by its
     teacher-forced log-likelihood ``sum_t log p(y_t | y_<t, x)`` and return the argmax class index per
     example (LongTensor ``[batch]``; ties -> lowest index). ``length_normalize=True`` divides by the
     candidate's token count. The encoder runs ONCE; the decoder runs once per candidate on the whole

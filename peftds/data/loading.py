@@ -22,8 +22,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .config import reject_unknown_keys
-from .errors import PeftdsError
+from peftds.config.compose import reject_unknown_keys
+from peftds.errors import PeftdsError
 
 DATA_DEFAULTS: dict[str, Any] = {
     "dir": None,
@@ -167,7 +167,7 @@ def _load_hub(task: Any) -> dict[str, Any]:
     return out
 
 
-def _choose_source(task: Any, cfg: dict[str, Any]) -> str:
+def choose_source(task: Any, cfg: dict[str, Any]) -> str:
     src = cfg["source"]
     files = local_files(task, cfg["dir"]) if cfg["dir"] is not None and task.local else {}
     missing = [p for p in files.values() if not p.is_file()]
@@ -241,7 +241,7 @@ def load_splits(task: Any, data_cfg: Any = None) -> Any:
     import datasets
 
     cfg = data_config(data_cfg)
-    source = _choose_source(task, cfg)
+    source = choose_source(task, cfg)
     raw = _load_local(task, cfg) if source == "local" else _load_hub(task)
     for need in ("train", "validation"):
         if need not in raw:
@@ -272,7 +272,7 @@ def load_splits(task: Any, data_cfg: Any = None) -> Any:
 
 
 def references(task: Any, split_ds: Any) -> list[Any]:
-    """Raw references of a (non-encoded) split for :func:`peftds.metrics.compute_metrics`:
+    """Raw references of a (non-encoded) split for :func:`peftds.data.metrics.compute_metrics`:
     class indices, floats (regression, unrounded) or target strings."""
     col = split_ds[task.label_column]
     if task.kind == "classification":
@@ -309,7 +309,7 @@ def _target_prefix(tokenizer: Any) -> list[int]:
     """Ids the tokenizer natively puts before a target (BART: [bos]; T5 / BERT-as-seq2seq: none)."""
     eos = tokenizer.eos_token_id
     if eos is None:
-        raise PeftdsError("tokenizer has no eos token: call peftds.data.prepare_tokenizer(tokenizer, 'seq2seq') first")
+        raise PeftdsError("tokenizer has no eos token: call peftds.data.loading.prepare_tokenizer(tokenizer, 'seq2seq') first")
     probe = "probe"
     bare = tokenizer(probe, add_special_tokens=False)["input_ids"]
     full = tokenizer(probe, add_special_tokens=True)["input_ids"]
@@ -336,7 +336,7 @@ def target_ids(tokenizer: Any, text: str, max_len: int = 1024) -> list[int]:
 
 def label_word_ids(task: Any, tokenizer: Any) -> list[list[int]]:
     """Eos-terminated target ids of every candidate of ``task`` (label words; STS-B: the 0.2 grid),
-    in class order, for :func:`peftds.tasks.rank_labels`."""
+    in class order, for :func:`peftds.data.tasks.rank_labels`."""
     cands = task.candidates()
     prefix = _target_prefix(tokenizer)
     ids = _targets(tokenizer, cands, 10**6, prefix)

@@ -11,12 +11,12 @@ import torch
 import yaml
 from torch import nn
 
-from .backbones import Backbone, build_model, count_trainable
-from .budget import budget_params
-from .config import plain
-from .design import Design, Plan
-from .errors import PeftdsError
-from .strategies import APPLY_ORDER, LayerShape, get_strategy
+from peftds.model.backbones import Backbone, build_model, count_trainable
+from peftds.design.budget import budget_params
+from peftds.config.compose import plain
+from peftds.design.plan import Design, Plan
+from peftds.errors import PeftdsError
+from peftds.model.strategies import APPLY_ORDER, LayerShape, get_strategy
 
 PLAN_FILE = "plan.yaml"
 WEIGHTS_FILE = "strategy_params.safetensors"

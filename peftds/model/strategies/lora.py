@@ -6,7 +6,7 @@ are unchanged before training. Cost r * (d_in + d_out) per adapted matrix.
 
 The projection at ``(parent, attr)`` is replaced by :class:`LoRALinear`, which keeps the original
 ``nn.Linear`` as its child ``base_layer`` (stable state-dict names, and what
-:class:`~peftds.strategies.base.LayerShape` reads). This module also holds the small wrapper base
+:class:`~peftds.model.strategies.base.LayerShape` reads). This module also holds the small wrapper base
 class shared with the adapter strategy: every peftds wrapper around a Linear exposes ``weight``,
 ``bias``, ``in_features`` and ``out_features`` of the innermost Linear, because model code reads
 them (T5's FFN checks ``self.wo.weight.dtype``) and so do cost formulas.
@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import Backbone, Layer
-from ..errors import PeftdsError
-from .base import LayerShape, Strategy
+from peftds.model.backbones import Backbone, Layer
+from peftds.errors import PeftdsError
+from peftds.model.strategies.base import LayerShape, Strategy
 
 GENERIC_PROJECTIONS = ("q", "k", "v", "o")
 

@@ -1,7 +1,7 @@
 """Search statistics and reports (SPEC §5): per-option means with bootstrap intervals, EDFs, the
 winner, and `peftds report <search dir>` (Markdown tables like the paper's stage tables + PNG plots).
 
-Everything here reads a stage's ``trials.csv`` (one row per trial, written by peftds.search) and its
+Everything here reads a stage's ``trials.csv`` (one row per trial, written by peftds.search.runner) and its
 ``stage.json`` (options, tasks, selection settings), so a report can be made at any time, also while
 a search is still running.
 """
@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .errors import PeftdsError
+from peftds.errors import PeftdsError
 
 CLI_COMMANDS: dict[str, Any] = {}
 TRIALS_FILE = "trials.csv"

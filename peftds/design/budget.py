@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from .errors import InfeasibleDesign, PeftdsError
-from .strategies import NAMES, LayerShape, get_strategy
+from peftds.errors import InfeasibleDesign, PeftdsError
+from peftds.model.strategies import NAMES, LayerShape, get_strategy
 
 ALLOCATIONS = ("uniform", "increasing", "decreasing")
 MIN_BUDGET_USE = 0.95  # a design with a scalable strategy must spend at least this share of B

@@ -2,8 +2,8 @@
 
 A strategy acts on one layer at a time with one size (adapter bottleneck b, prefix length p, LoRA
 rank r; BitFit has no size). ``cost`` is the exact number of trainable parameters ``apply`` adds or
-unfreezes on that layer: the budget code (peftds.budget) sizes designs with ``cost`` before anything
-is built, and peftds.apply checks the built model's ``requires_grad`` count against it.
+unfreezes on that layer: the budget code (peftds.design.budget) sizes designs with ``cost`` before anything
+is built, and peftds.design.apply checks the built model's ``requires_grad`` count against it.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ..backbones import Backbone, Layer
+from peftds.model.backbones import Backbone, Layer
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class Strategy(ABC):
         hp = dict(self.defaults)
         for k, v in (overrides or {}).items():
             if k not in hp:
-                from ..errors import PeftdsError
+                from peftds.errors import PeftdsError
 
                 raise PeftdsError(f"unknown {self.name} hyper-parameter '{k}' (known: {', '.join(sorted(hp))})")
             hp[k] = v

@@ -38,7 +38,7 @@ text-to-text classification (examples/s and agreement).
 ``bench.epoch=true`` appends the bench-data report to ``peftds bench``.
 
 :func:`compile_model` is the one way peftds compiles a model: static shapes (``dynamic=False``), so each
-batch shape compiles once; with length buckets (:class:`peftds.batching.Collator`) the number of
+batch shape compiles once; with length buckets (:class:`peftds.data.batching.Collator`) the number of
 compilations is the number of shapes used, counted by :class:`CompileCounter` from dynamo's own
 counters. :class:`CompiledModel` (used by ``bench.compile=true`` and ``train.compile=true``) wraps it,
 counts compilations per batch shape, and falls back to eager (saying why) when a shape it already
@@ -64,8 +64,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .config import plain
-from .errors import PeftdsError
+from peftds.config.compose import plain
+from peftds.errors import PeftdsError
 
 PEFT_TARGETS = {"t5": ["q", "v"], "bart": ["q_proj", "v_proj"], "bert": ["query", "value"], "roberta": ["query", "value"]}
 VARIANTS = ("design", "peft_lora", "floor", "full", "forward")
@@ -445,7 +445,7 @@ def _fill_special_ids(model: nn.Module) -> dict[str, int]:
 
 
 def _compose_design(argv: Sequence[str], design: str):
-    from .config import compose
+    from peftds.config.compose import compose
 
     keep = [a for a in argv if not re.match(r"\+?design(\.|=)", a)]
     return compose([*keep, f"design={design}"]).design
@@ -453,9 +453,9 @@ def _compose_design(argv: Sequence[str], design: str):
 
 def build_variants(cfg, argv: Sequence[str], device: torch.device) -> tuple[list[Variant], dict[str, Any]]:
     """The variants of one bench run and the run's shared facts (budget, peft plan, ...)."""
-    from .apply import apply_plan, freeze, resolve
-    from .backbones import Backbone, build_model, count_trainable
-    from .budget import budget_params
+    from peftds.design.apply import apply_plan, freeze, resolve
+    from peftds.model.backbones import Backbone, build_model, count_trainable
+    from peftds.design.budget import budget_params
 
     bc = cfg.bench
     wanted = list(plain(bc.variants) or VARIANTS)
@@ -577,7 +577,7 @@ def run_bench(cfg, argv: Sequence[str] = ()) -> dict[str, Any]:
     """Build, time and measure every variant; returns the bench.json record."""
     import warnings
 
-    from .training import quiet_libraries
+    from peftds.train.job import quiet_libraries
 
     quiet_libraries(load_bars=False)
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -811,13 +811,13 @@ def _data_cfg_full(cfg) -> dict[str, Any]:
 
 
 def _task(name: str):
-    from .tasks import load_task
+    from peftds.data.tasks import load_task
 
     return load_task(name)
 
 
 def _encoded_train(task, tokenizer, cfg, seq2seq: bool, max_len: int):
-    from .data import encode, load_splits
+    from peftds.data.loading import encode, load_splits
 
     splits = load_splits(task, _data_cfg_full(cfg))
     return encode(task, tokenizer, splits["train"], "seq2seq" if seq2seq else "encoder", max_len,
@@ -827,7 +827,7 @@ def _encoded_train(task, tokenizer, cfg, seq2seq: bool, max_len: int):
 def padding_figures(lengths: Sequence[int], batch_size: int, max_len: int, seed: int = 0,
                     mega_batches: int | None = None) -> dict[str, Any]:
     """Processed / real tokens of one epoch for fixed padding, random batches and length-grouped batches."""
-    from .batching import DEFAULT_MEGA_BATCHES, LengthGroupedBatchSampler, batch_mate_overlap, padded_tokens, random_batches
+    from peftds.data.batching import DEFAULT_MEGA_BATCHES, LengthGroupedBatchSampler, batch_mate_overlap, padded_tokens, random_batches
 
     lengths = [int(x) for x in lengths]
     n, real = len(lengths), sum(lengths)
@@ -857,8 +857,8 @@ def epoch_timing(cfg, task, encoded, seq2seq: bool, sample: int, batch_size: int
     """Train one epoch over a sample of ``encoded`` with each batching scheme; wall time of the steps."""
     import numpy as np
 
-    from .apply import build
-    from .batching import Collator, LengthGroupedBatchSampler, random_batches
+    from peftds.design.apply import build
+    from peftds.data.batching import Collator, LengthGroupedBatchSampler, random_batches
 
     n = min(int(sample), len(encoded))
     idx = np.sort(np.random.default_rng([seed, 7]).permutation(len(encoded))[:n])
@@ -913,8 +913,8 @@ def epoch_timing(cfg, task, encoded, seq2seq: bool, sample: int, batch_size: int
 
 
 def run_bench_data(cfg, argv: Sequence[str] = ()) -> dict[str, Any]:
-    from .backbones import _hf_config, model_kind
-    from .training import load_tokenizer, quiet_libraries
+    from peftds.model.backbones import _hf_config, model_kind
+    from peftds.train.job import load_tokenizer, quiet_libraries
 
     quiet_libraries(load_bars=False)
     dc = cfg.bench.data
@@ -971,7 +971,7 @@ def data_table(rec: Mapping[str, Any]) -> str:
 # ============================================================================ bench-eval
 def quick_train(model, rows, seq2seq: bool, steps: int, batch_size: int, lr: float, seed: int, pad_id: int) -> float:
     """A few full fine-tuning steps (so a random-init text-to-text model emits label words)."""
-    from .batching import Collator, LengthGroupedBatchSampler
+    from peftds.data.batching import Collator, LengthGroupedBatchSampler
 
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -997,12 +997,12 @@ def run_bench_eval(cfg, argv: Sequence[str] = ()) -> dict[str, Any]:
     """Label-word ranking vs free (greedy) generation on a text-to-text classification task."""
     import numpy as np
 
-    from .apply import load_trained
-    from .backbones import _hf_config, build_model, model_kind
-    from .batching import Collator
-    from .data import encode, label_word_ids, load_splits
-    from .tasks import Task, rank_labels
-    from .training import load_tokenizer, quiet_libraries
+    from peftds.design.apply import load_trained
+    from peftds.model.backbones import _hf_config, build_model, model_kind
+    from peftds.data.batching import Collator
+    from peftds.data.loading import encode, label_word_ids, load_splits
+    from peftds.data.tasks import Task, rank_labels
+    from peftds.train.job import load_tokenizer, quiet_libraries
 
     quiet_libraries(load_bars=False)
     ec = cfg.bench.eval
@@ -1099,7 +1099,7 @@ def eval_table(rec: Mapping[str, Any]) -> str:
 
 # ============================================================================ commands
 def _compose(argv: Sequence[str]):
-    from .config import compose
+    from peftds.config.compose import compose
 
     return compose(list(argv))
 
@@ -1184,14 +1184,14 @@ CLI_COMMANDS: dict[str, Callable[[list[str]], int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m peftds.bench <bench|bench-data|bench-eval> key=value ...`` (the CLI commands without
-    importing the other command modules) or ``python -m peftds.bench --table A.json B.json ...``."""
+    """``python -m peftds.bench.step <bench|bench-data|bench-eval> key=value ...`` (the CLI commands without
+    importing the other command modules) or ``python -m peftds.bench.step --table A.json B.json ...``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--table":
         print(merge_tables(argv[1:]))
         return 0
     if not argv or argv[0] not in CLI_COMMANDS:
-        print(f"usage: python -m peftds.bench {{{'|'.join(CLI_COMMANDS)}}} key=value ... | --table BENCH.json ...",
+        print(f"usage: python -m peftds.bench.step {{{'|'.join(CLI_COMMANDS)}}} key=value ... | --table BENCH.json ...",
               file=sys.stderr)
         return 2
     try:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .apply import Built, build
-from .backbones import count_trainable
+from peftds.design.apply import Built, build
+from peftds.model.backbones import count_trainable
 
 LETTERS = {"adapter": "b", "prefix": "p", "lora": "r"}
 

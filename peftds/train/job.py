@@ -1,8 +1,8 @@
 """`peftds train`: fine-tune one design on one task with the HF Trainer and record the run.
 
 Every run writes ``result.json`` into its Hydra run dir as it goes (status running -> ok / failed /
-interrupted, per-epoch metrics) and the trained strategy parameters (peftds.apply save format).
-The same job function serves search trials (peftds.search), which read its returned record.
+interrupted, per-epoch metrics) and the trained strategy parameters (peftds.design.apply save format).
+The same job function serves search trials (peftds.search.runner), which read its returned record.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .errors import PeftdsError
+from peftds.errors import PeftdsError
 
 CLI_COMMANDS: dict[str, Any] = {}
 RESULT_FILE = "result.json"
@@ -66,7 +66,7 @@ def versions() -> dict[str, str]:
 
 def git_commit() -> str | None:
     try:
-        repo = Path(__file__).resolve().parent.parent
+        repo = Path(__file__).resolve().parents[2]
         return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
@@ -97,8 +97,8 @@ def quiet_libraries(load_bars: bool = True) -> None:
 def load_tokenizer(model_cfg: Mapping[str, Any], seq2seq: bool):
     from transformers import AutoTokenizer
 
-    from .backbones import resolve_path
-    from .data import prepare_tokenizer
+    from peftds.model.backbones import resolve_path
+    from peftds.data.loading import prepare_tokenizer
 
     name = model_cfg.get("tokenizer") or model_cfg.get("name_or_path")
     if not name:
@@ -115,9 +115,9 @@ def load_tokenizer(model_cfg: Mapping[str, Any], seq2seq: bool):
 def predict(model, task, encoded, tokenizer, seq2seq: bool, batch_size: int) -> list[Any]:
     """Predictions on an encoded split: head outputs (encoder), label-word ranking (text-to-text
     classification/regression) or generation (XSum, WMT)."""
-    from .batching import Collator
-    from .data import label_word_ids
-    from .tasks import rank_labels
+    from peftds.data.batching import Collator
+    from peftds.data.loading import label_word_ids
+    from peftds.data.tasks import rank_labels
 
     model.eval()
     device = next(model.parameters()).device
@@ -148,7 +148,7 @@ def predict(model, task, encoded, tokenizer, seq2seq: bool, batch_size: int) -> 
 def _trainer_class():
     from transformers import Trainer, TrainerCallback
 
-    from .batching import LengthGroupedBatchSampler
+    from peftds.data.batching import LengthGroupedBatchSampler
 
     class PeftdsTrainer(Trainer):
         """HF Trainer with length-grouped batches and task-specific evaluation."""
@@ -157,10 +157,10 @@ def _trainer_class():
             super().__init__(*args, **kw)
             self._lengths, self._eval_fn, self._length_grouped = lengths, eval_fn, length_grouped
             # train.compile: training forwards go through torch.compile (static shapes: one compilation per
-            # batch shape, counted; peftds.bench.CompiledModel); evaluation stays eager.
+            # batch shape, counted; peftds.bench.step.CompiledModel); evaluation stays eager.
             self.compiled = None
             if compile:
-                from .bench import CompiledModel
+                from peftds.bench.step import CompiledModel
 
                 self.compiled = CompiledModel(self.model)
 
@@ -232,13 +232,13 @@ def train_job(cfg, run_dir: Path | None = None) -> dict[str, Any]:
 def _train(cfg, run_dir: Path, rec: RunRecord, start: float) -> None:
     from transformers import TrainingArguments, set_seed
 
-    from .apply import build, save_trained
-    from .backbones import model_kind
-    from .backbones import _hf_config
-    from .batching import Collator, default_buckets
-    from .data import encode, load_splits, references
-    from .metrics import compute_metrics
-    from .tasks import Task
+    from peftds.design.apply import build, save_trained
+    from peftds.model.backbones import model_kind
+    from peftds.model.backbones import _hf_config
+    from peftds.data.batching import Collator, default_buckets
+    from peftds.data.loading import encode, load_splits, references
+    from peftds.data.metrics import compute_metrics
+    from peftds.data.tasks import Task
 
     quiet_libraries()
     tc = cfg.train
@@ -362,7 +362,7 @@ def run_hydra(task_fn, argv: list[str], job_name: str):
     """Run `task_fn(cfg)` as a Hydra app (run dir, logging, launchers) with these overrides."""
     import hydra
 
-    from .config import compose, conf_dir, expand_file_overrides
+    from peftds.config.compose import compose, conf_dir, expand_file_overrides
 
     compose(argv)  # validate first: a bad override is one clear line, before any Hydra output
     result: dict[str, Any] = {}

@@ -43,10 +43,10 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from ..backbones import Backbone, Layer
-from ..errors import PeftdsError
-from .base import LayerShape, Strategy
-from .lora import innermost_linear
+from peftds.model.backbones import Backbone, Layer
+from peftds.errors import PeftdsError
+from peftds.model.strategies.base import LayerShape, Strategy
+from peftds.model.strategies.lora import innermost_linear
 
 WRAPPED = {"sdpa": "peftds_sdpa", "eager": "peftds_eager"}
 PREFIX_ATTR = "peftds_prefix"

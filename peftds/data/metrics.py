@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import PeftdsError
+from peftds.errors import PeftdsError
 
 
 def _labels(x: Sequence[Any]) -> np.ndarray:

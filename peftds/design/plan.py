@@ -13,11 +13,11 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
-from .budget import ALLOCATIONS, MIN_BUDGET_USE, layer_budgets, layer_cost, size_layers
-from .config import plain, reject_unknown_keys
-from .errors import InfeasibleDesign, PeftdsError
-from .space import PATTERNS, sample_grouping, satisfies
-from .strategies import NAMES, LayerShape, get_strategy
+from peftds.design.budget import ALLOCATIONS, MIN_BUDGET_USE, layer_budgets, layer_cost, size_layers
+from peftds.config.compose import plain, reject_unknown_keys
+from peftds.errors import InfeasibleDesign, PeftdsError
+from peftds.design.space import PATTERNS, sample_grouping, satisfies
+from peftds.model.strategies import NAMES, LayerShape, get_strategy
 
 DESIGN_KEYS = {"name", "full", "grouping", "tuned", "allocation", "strategies", "hparams", "note"}
 GROUPING_KEYS = {"groups", "sizes", "pattern"}

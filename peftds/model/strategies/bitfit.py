@@ -13,9 +13,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..backbones import Backbone, Layer
-from .base import LayerShape, Strategy
-from .lora import innermost_linear
+from peftds.model.backbones import Backbone, Layer
+from peftds.model.strategies.base import LayerShape, Strategy
+from peftds.model.strategies.lora import innermost_linear
 
 
 class BitFit(Strategy):

@@ -5,8 +5,8 @@ import itertools
 import random
 from functools import lru_cache
 
-from .config import plain, reject_unknown_keys
-from .errors import InfeasibleDesign, PeftdsError
+from peftds.config.compose import plain, reject_unknown_keys
+from peftds.errors import InfeasibleDesign, PeftdsError
 
 PATTERNS = ("increasing", "decreasing", "uniform", "spindle", "bottleneck")
 
@@ -71,13 +71,13 @@ STRATEGY_LETTERS = {"adapter": "A", "prefix": "P", "bitfit": "B", "lora": "L"}
 
 
 def _strategy_names():
-    from .strategies import NAMES
+    from peftds.model.strategies import NAMES
 
     return NAMES
 
 
 def _allocations():
-    from .budget import ALLOCATIONS
+    from peftds.design.budget import ALLOCATIONS
 
     return ALLOCATIONS
 
@@ -366,7 +366,7 @@ class Draw:
     index: int
     attempt: int
     design: dict[str, Any]  # conf/design schema (no name / hparams)
-    plan: Any  # peftds.design.Plan
+    plan: Any  # peftds.design.plan.Plan
 
 
 @dataclass
