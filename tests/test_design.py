@@ -9,7 +9,7 @@ from peftds.model.backbones import Backbone, build_model, count_trainable
 from peftds.design.budget import ALLOCATIONS, budget_params
 from peftds.design.plan import Design, Plan
 from peftds.errors import InfeasibleDesign, PeftdsError
-from peftds.design.space import PATTERNS, satisfies
+from peftds.design.grouping import PATTERNS, satisfies
 from peftds.model.strategies import NAMES, get_strategy
 
 FAMILIES = ["tiny_t5", "tiny_bart", "tiny_roberta", "tiny_bert"]

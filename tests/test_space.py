@@ -4,7 +4,7 @@ import random
 import pytest
 
 from peftds.errors import InfeasibleDesign, PeftdsError
-from peftds.design.space import PATTERNS, feasible_groupings, sample_grouping, satisfies
+from peftds.design.grouping import PATTERNS, feasible_groupings, sample_grouping, satisfies
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from peftds.config.compose import compose
-from peftds.train.job import RESULT_FILE, train_job
+from peftds.files import RESULT_FILE
+from peftds.train.job import train_job
 
 RECORD_KEYS = {"status", "error", "run_dir", "task", "design", "seed", "config", "versions", "git_commit", "model",
                "plan", "backbone_params", "budget_params", "trainable_params", "head_params", "trainable_pct",

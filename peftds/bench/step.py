@@ -577,7 +577,7 @@ def run_bench(cfg, argv: Sequence[str] = ()) -> dict[str, Any]:
     """Build, time and measure every variant; returns the bench.json record."""
     import warnings
 
-    from peftds.train.job import quiet_libraries
+    from peftds.train.setup import quiet_libraries
 
     quiet_libraries(load_bars=False)
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -913,13 +913,13 @@ def epoch_timing(cfg, task, encoded, seq2seq: bool, sample: int, batch_size: int
 
 
 def run_bench_data(cfg, argv: Sequence[str] = ()) -> dict[str, Any]:
-    from peftds.model.backbones import _hf_config, model_kind
-    from peftds.train.job import load_tokenizer, quiet_libraries
+    from peftds.model.backbones import hf_config, model_kind
+    from peftds.train.setup import load_tokenizer, quiet_libraries
 
     quiet_libraries(load_bars=False)
     dc = cfg.bench.data
-    hf_config, _ = _hf_config(cfg.model, allow_fallback=False)
-    seq2seq = model_kind(hf_config.model_type) == "seq2seq"
+    hf_cfg, _ = hf_config(cfg.model, allow_fallback=False)
+    seq2seq = model_kind(hf_cfg.model_type) == "seq2seq"
     tokenizer = load_tokenizer(cfg.model, seq2seq)
     device = resolve_device(cfg.bench.get("device"))
     bf16 = use_bf16(cfg.bench.get("bf16"), device)
@@ -998,19 +998,19 @@ def run_bench_eval(cfg, argv: Sequence[str] = ()) -> dict[str, Any]:
     import numpy as np
 
     from peftds.design.apply import load_trained
-    from peftds.model.backbones import _hf_config, build_model, model_kind
+    from peftds.model.backbones import hf_config, build_model, model_kind
     from peftds.data.batching import Collator
     from peftds.data.loading import encode, label_word_ids, load_splits
     from peftds.data.tasks import Task, rank_labels
-    from peftds.train.job import load_tokenizer, quiet_libraries
+    from peftds.train.setup import load_tokenizer, quiet_libraries
 
     quiet_libraries(load_bars=False)
     ec = cfg.bench.eval
     task = Task.from_config(cfg.task)
     if task.kind != "classification":
         raise PeftdsError(f"bench-eval compares ranking and generation on classification tasks ('{task.name}' is {task.kind})")
-    hf_config, _ = _hf_config(cfg.model, allow_fallback=False)
-    if model_kind(hf_config.model_type) != "seq2seq":
+    hf_cfg, _ = hf_config(cfg.model, allow_fallback=False)
+    if model_kind(hf_cfg.model_type) != "seq2seq":
         raise PeftdsError("bench-eval needs a text-to-text model (T5, BART), e.g. model=tiny_t5")
     tokenizer = load_tokenizer(cfg.model, True)
     splits = load_splits(task, plain(cfg.data))

@@ -16,10 +16,9 @@ from peftds.design.budget import budget_params
 from peftds.config.compose import plain
 from peftds.design.plan import Design, Plan
 from peftds.errors import PeftdsError
+from peftds.files import PLAN_FILE, WEIGHTS_FILE
 from peftds.model.strategies import APPLY_ORDER, LayerShape, get_strategy
 
-PLAN_FILE = "plan.yaml"
-WEIGHTS_FILE = "strategy_params.safetensors"
 
 
 @dataclass

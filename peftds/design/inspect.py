@@ -6,8 +6,7 @@ from typing import Any
 
 from peftds.design.apply import Built, build
 from peftds.model.backbones import count_trainable
-
-LETTERS = {"adapter": "b", "prefix": "p", "lora": "r"}
+from peftds.model.strategies import get_strategy
 
 
 def report(built: Built, model_name: str) -> dict[str, Any]:
@@ -43,7 +42,7 @@ def table(rep: dict[str, Any]) -> str:
     for layer in rep["layers"]:
         parts = []
         for name, m in layer["modules"].items():
-            parts.append(f"{name}({LETTERS[name]}={m['size']})" if "size" in m else name)
+            parts.append(f"{name}({get_strategy(name).size_symbol}={m['size']})" if "size" in m else name)
         params = sum(m["params"] for m in layer["modules"].values())
         tuned = layer["group"] in rep["tuned"]
         desc = " + ".join(parts) if parts else ("-" if not tuned else "")

@@ -16,8 +16,8 @@ from typing import Any, Mapping, Sequence
 from peftds.design.budget import ALLOCATIONS, MIN_BUDGET_USE, layer_budgets, layer_cost, size_layers
 from peftds.config.compose import plain, reject_unknown_keys
 from peftds.errors import InfeasibleDesign, PeftdsError
-from peftds.design.space import PATTERNS, sample_grouping, satisfies
-from peftds.model.strategies import NAMES, LayerShape, get_strategy
+from peftds.design.grouping import PATTERNS, sample_grouping, satisfies
+from peftds.model.strategies import NAMES, LayerShape, get_strategy, strategy_label
 
 DESIGN_KEYS = {"name", "full", "grouping", "tuned", "allocation", "strategies", "hparams", "note"}
 GROUPING_KEYS = {"groups", "sizes", "pattern"}
@@ -214,8 +214,7 @@ class Plan:
             return "full"
         groups = "-".join(map(str, self.groups))
         tuned = "".join(map(str, self.tuned))
-        letters = {"adapter": "A", "prefix": "P", "bitfit": "B", "lora": "L"}
-        strat = " | ".join("+".join(letters[s] for s in g) or "-" for g in self.strategies)
+        strat = " | ".join(strategy_label(g) for g in self.strategies)
         return f"G{groups} T{tuned} {self.allocation} | {strat}"
 
     def digest(self) -> str:

@@ -1,109 +1,22 @@
-"""Grouping patterns (SPEC §2): constraints on the sizes n_1..n_K of K consecutive layer groups."""
+"""Design spaces (SPEC §5): a constraint (or none, sampled at random) per design dimension."""
+
 from __future__ import annotations
 
-import itertools
+import hashlib
+import json
 import random
-from functools import lru_cache
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from peftds.config.compose import plain, reject_unknown_keys
+from peftds.design.budget import ALLOCATIONS
+from peftds.design.grouping import PATTERNS, all_groupings, feasible_groupings, nonempty_subsets
 from peftds.errors import InfeasibleDesign, PeftdsError
-
-PATTERNS = ("increasing", "decreasing", "uniform", "spindle", "bottleneck")
-
-
-def satisfies(sizes: tuple[int, ...], pattern: str) -> bool:
-    """Whether group sizes satisfy a pattern (SPEC §2)."""
-    n = list(sizes)
-    if pattern == "increasing":
-        return all(a <= b for a, b in zip(n, n[1:])) and n[0] < n[-1]
-    if pattern == "decreasing":
-        return all(a >= b for a, b in zip(n, n[1:])) and n[0] > n[-1]
-    if pattern == "uniform":
-        return max(n) - min(n) <= 1
-    if pattern in ("spindle", "bottleneck"):
-        if len(n) < 3:
-            return False
-        ends, middle = (n[0], n[-1]), n[1:-1]
-        if pattern == "spindle":
-            return max(ends) < min(middle)
-        return min(ends) > max(middle)
-    raise PeftdsError(f"unknown grouping pattern '{pattern}' (known: {', '.join(PATTERNS)})")
-
-
-def _compositions(total: int, parts: int):
-    """All tuples of `parts` positive integers summing to `total` (stars and bars)."""
-    for cuts in itertools.combinations(range(1, total), parts - 1):
-        bounds = (0, *cuts, total)
-        yield tuple(b - a for a, b in zip(bounds, bounds[1:]))
-
-
-@lru_cache(maxsize=256)
-def feasible_groupings(num_layers: int, num_groups: int, pattern: str) -> tuple[tuple[int, ...], ...]:
-    """Every grouping of `num_layers` into `num_groups` consecutive groups that satisfies `pattern`."""
-    if pattern not in PATTERNS:
-        raise PeftdsError(f"unknown grouping pattern '{pattern}' (known: {', '.join(PATTERNS)})")
-    if not 1 <= num_groups <= num_layers:
-        return ()
-    return tuple(s for s in _compositions(num_layers, num_groups) if satisfies(s, pattern))
-
-
-def sample_grouping(num_layers: int, num_groups: int, pattern: str, rng: random.Random) -> tuple[int, ...]:
-    """Draw uniformly among the feasible groupings; infeasible (L, K, pattern) is a clear error."""
-    options = feasible_groupings(num_layers, num_groups, pattern)
-    if not options:
-        raise InfeasibleDesign(
-            f"grouping pattern '{pattern}' is infeasible for L={num_layers} layers in K={num_groups} groups"
-        )
-    return options[rng.randrange(len(options))]
-
-
-# ----------------------------------------------------------------------------------------------
-# Design spaces (SPEC §5): constraints over the four dimensions; unconstrained ones are sampled.
-# ----------------------------------------------------------------------------------------------
-import hashlib  # noqa: E402
-import json  # noqa: E402
-from dataclasses import dataclass, field, replace  # noqa: E402
-from typing import Any, Mapping, Sequence  # noqa: E402
+from peftds.model.strategies import NAMES, strategy_label
 
 DIMENSIONS = ("grouping", "allocation", "tuned", "strategies")
 SPACE_KEYS = {"name", "groups", "grouping", "allocation", "tuned", "strategies", "pool", "history", "note"}
-STRATEGY_LETTERS = {"adapter": "A", "prefix": "P", "bitfit": "B", "lora": "L"}
-
-
-def _strategy_names():
-    from peftds.model.strategies import NAMES
-
-    return NAMES
-
-
-def _allocations():
-    from peftds.design.budget import ALLOCATIONS
-
-    return ALLOCATIONS
-
-
-
-
-def all_groupings(num_layers: int, num_groups: int, pattern: str | None = None) -> tuple[tuple[int, ...], ...]:
-    """Every split of the stack into `num_groups` consecutive groups (optionally satisfying `pattern`)."""
-    if pattern is not None:
-        return feasible_groupings(num_layers, num_groups, pattern)
-    if not 1 <= num_groups <= num_layers:
-        return ()
-    return tuple(_compositions(num_layers, num_groups))
-
-
-def nonempty_subsets(items: Sequence[Any]) -> list[tuple[Any, ...]]:
-    """All non-empty subsets in a fixed order: by size, then lexicographically by position."""
-    out: list[tuple[Any, ...]] = []
-    for k in range(1, len(items) + 1):
-        out.extend(itertools.combinations(items, k))
-    return out
-
-
-def strategy_label(subset: Sequence[str]) -> str:
-    """A subset of strategies as letters in canonical order, e.g. ('adapter', 'lora') -> 'A+L'."""
-    return "+".join(STRATEGY_LETTERS[s] for s in _strategy_names() if s in subset) or "-"
 
 
 @dataclass(frozen=True)
@@ -139,7 +52,7 @@ class Space:
             raise PeftdsError(f"{where}: groups must be an integer, got {cfg.get('groups')!r}") from None
         if k < 1:
             raise PeftdsError(f"{where}: groups must be >= 1, got {k}")
-        names = _strategy_names()
+        names = NAMES
         pool_cfg = cfg.get("pool")
         pool = tuple(names) if pool_cfg in (None, "all") else tuple(pool_cfg)
         for s in pool:
@@ -175,8 +88,8 @@ class Space:
             raise PeftdsError(f"{where}: grouping must be a pattern ({', '.join(PATTERNS)}) or a list of sizes, "
                               f"got {value!r}")
         if dim == "allocation":
-            if value not in _allocations():
-                raise PeftdsError(f"{where}: unknown allocation '{value}' (known: {', '.join(_allocations())})")
+            if value not in ALLOCATIONS:
+                raise PeftdsError(f"{where}: unknown allocation '{value}' (known: {', '.join(ALLOCATIONS)})")
             return str(value)
         if dim == "tuned":
             if value == "all":
@@ -190,7 +103,7 @@ class Space:
                 raise PeftdsError(f"{where}: tuned groups {list(groups)} must be within 1..{k}")
             return groups
         if dim == "strategies":
-            names = _strategy_names()
+            names = NAMES
 
             def subset(v, g):
                 v = [v] if isinstance(v, str) else list(v or [])
@@ -299,7 +212,7 @@ class Space:
         if not tuned_opts:
             raise InfeasibleDesign(f"space '{self.name}': no tuned-group subset satisfies the constraints")
         tuned = tuned_opts[rng.randrange(len(tuned_opts))]
-        allocs = _allocations()
+        allocs = ALLOCATIONS
         allocation = self.allocation or allocs[rng.randrange(len(allocs))]
         subsets = nonempty_subsets(self.pool)
         strategies: list[list[str]] = []
@@ -330,7 +243,7 @@ class Space:
             "tuned": None if self.tuned is None else list(self.tuned),
             "strategies": strategies,
         }
-        if tuple(self.pool) != tuple(_strategy_names()):
+        if tuple(self.pool) != tuple(NAMES):
             out["pool"] = list(self.pool)
         out["history"] = [dict(h) for h in self.history]
         return out
@@ -354,59 +267,3 @@ def _show(v: Any) -> str:
     if isinstance(v, tuple):
         return "[" + ",".join(map(str, v)) + "]"
     return str(v)
-
-
-def draw_seed(*parts: Any) -> int:
-    """A 64-bit seed from any parts (stable across processes and Python versions)."""
-    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "big")
-
-
-@dataclass
-class Draw:
-    index: int
-    attempt: int
-    design: dict[str, Any]  # conf/design schema (no name / hparams)
-    plan: Any  # peftds.design.plan.Plan
-
-
-@dataclass
-class DrawStats:
-    draws: list[Draw]
-    infeasible: int = 0  # draws redrawn because the design cannot be realised (budget, allocation)
-    duplicates: int = 0  # draws redrawn because an earlier index already has that design
-    exhausted: bool = False  # fewer than n distinct feasible designs were found
-    last_error: str | None = None
-
-
-def sample_designs(space: Space, num_layers: int, n: int, resolve, *, seed: int, stage: str, option: str,
-                   max_draws: int = 200) -> DrawStats:
-    """N distinct feasible designs from `space`, each reproducible from (seed, stage, option, index).
-
-    Draw i tries attempts a = 0, 1, ... with an RNG seeded by (seed, stage, option, i, a); an attempt
-    whose design is infeasible (`resolve` raises InfeasibleDesign) or repeats an earlier draw's plan
-    (same `Plan.digest()`) is redrawn. After `max_draws` failed attempts for one index the space is
-    taken as exhausted and fewer than n designs are returned.
-    """
-    stats = DrawStats(draws=[])
-    seen: set[str] = set()
-    for i in range(n):
-        for a in range(max_draws):
-            rng = random.Random(draw_seed(seed, stage, option, i, a))
-            design = space.sample(num_layers, rng)
-            try:
-                plan = resolve(design)
-            except InfeasibleDesign as e:
-                stats.infeasible += 1
-                stats.last_error = str(e)
-                continue
-            digest = plan.digest()
-            if digest in seen:
-                stats.duplicates += 1
-                continue
-            seen.add(digest)
-            stats.draws.append(Draw(i, a, design, plan))
-            break
-        else:
-            stats.exhausted = True
-            return stats
-    return stats

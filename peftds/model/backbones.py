@@ -189,6 +189,13 @@ def model_kind(model_type: str) -> str:
     return "seq2seq" if family_of(model_type).seq2seq else "encoder"
 
 
+def is_seq2seq(model_cfg: Any) -> bool:
+    """Whether a model config is text-to-text: from ``model.arch`` when given, else from its HF config."""
+    arch = model_cfg.get("arch")
+    model_type = arch if arch else hf_config(model_cfg, allow_fallback=False)[0].model_type
+    return family_of(model_type).seq2seq
+
+
 def resolve_path(name_or_path: str) -> str:
     """``pkg:<module>`` resolves to a model folder shipped inside an installed Python package."""
     if name_or_path.startswith("pkg:"):
@@ -203,7 +210,7 @@ def resolve_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def _hf_config(model_cfg: Any, allow_fallback: bool):
+def hf_config(model_cfg: Any, allow_fallback: bool):
     """The transformers config for a model config: from the pretrained folder/hub id when
     ``model.pretrained`` (the default when a name is given), else from ``model.arch`` + ``model.shape``.
     With ``allow_fallback`` (shape-only builds) an unreachable pretrained config falls back to the shape."""
@@ -238,7 +245,7 @@ def build_model(model_cfg: Any, num_labels: int | None = None, device: str | tor
     from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
     meta = str(device) == "meta"
-    config, pretrained = _hf_config(model_cfg, allow_fallback=meta)
+    config, pretrained = hf_config(model_cfg, allow_fallback=meta)
     fam = family_of(config.model_type)
     auto = AutoModelForSeq2SeqLM if fam.seq2seq else AutoModelForSequenceClassification
     attn = model_cfg.get("attn_implementation") or "sdpa"

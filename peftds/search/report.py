@@ -13,15 +13,19 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from peftds.errors import PeftdsError
+from peftds.files import (
+    BEST_DESIGN,
+    EDF_PLOT,
+    REPORT_FILE,
+    SCORES_PLOT,
+    SEARCH_STATE,
+    SPACE_NEXT,
+    STAGE_FILE,
+    TRIALS_FILE,
+)
+from peftds.model.strategies import LETTERS_NOTE
 
 CLI_COMMANDS: dict[str, Any] = {}
-TRIALS_FILE = "trials.csv"
-STAGE_FILE = "stage.json"
-SUMMARY_FILE = "summary.json"
-REPORT_FILE = "report.md"
-EDF_PLOT = "edf.png"
-SCORES_PLOT = "scores.png"
-LETTERS_NOTE = "A = Adapter, P = Prefix, B = BitFit, L = LoRA"
 
 
 # ----------------------------------------------------------------------------------- statistics
@@ -358,7 +362,7 @@ def stage_markdown(stage_dir: Path, summary: Mapping[str, Any]) -> str:
     if w and summary["options"][w].get("best"):
         b = summary["options"][w]["best"]
         lines += [f"Best design of the winning option: `{b['design']}` (hash {b['design_hash']}, score {_fmt(b['score'])})", ""]
-    for extra in ("space_next.yaml", "best_design.yaml"):
+    for extra in (SPACE_NEXT, BEST_DESIGN):
         if (stage_dir / extra).exists():
             lines.append(f"- `{extra}`")
     lines += [f"- ![EDF]({EDF_PLOT})", f"- ![scores]({SCORES_PLOT})", ""]
@@ -379,7 +383,7 @@ def stage_dirs(path: str | Path) -> list[Path]:
     path = Path(path)
     if (path / STAGE_FILE).exists():
         return [path]
-    order_file = path / "search.json"
+    order_file = path / SEARCH_STATE
     order: list[str] = []
     if order_file.exists():
         order = list(json.loads(order_file.read_text()).get("stages_run") or [])
@@ -405,8 +409,8 @@ def write_report(path: str | Path, n_boot: int | None = None, echo=print) -> Pat
         echo(markdown_table(summary, summary.get("values")))
         echo(verdict(summary))
         echo("")
-    if (path / "best_design.yaml").exists() and path not in dirs:
-        parts += ["## Final design", "", "```yaml", (path / "best_design.yaml").read_text().rstrip(), "```", ""]
+    if (path / BEST_DESIGN).exists() and path not in dirs:
+        parts += ["## Final design", "", "```yaml", (path / BEST_DESIGN).read_text().rstrip(), "```", ""]
     out = path / REPORT_FILE
     out.write_text("\n".join(parts))
     echo(f"report: {out}")

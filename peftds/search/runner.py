@@ -59,7 +59,9 @@ import yaml
 
 from peftds.config.compose import plain, reject_unknown_keys
 from peftds.errors import PeftdsError
-from peftds.design.space import Space, sample_designs, strategy_label
+from peftds.design.space import Space
+from peftds.model.strategies import LETTERS, NAMES, strategy_label
+from peftds.search.sampler import sample_designs
 
 CLI_COMMANDS: dict[str, Any] = {}
 
@@ -238,12 +240,11 @@ def regime_of(cfg, epochs: int) -> dict[str, Any]:
 
 def group_sizes_text(plan) -> str:
     """Per group the strategies with their size range over the group's layers, e.g. 'A3 L2-3 | P5 | - | B'."""
-    letters = {"adapter": "A", "prefix": "P", "bitfit": "B", "lora": "L"}
     out = []
     for g in range(1, len(plan.groups) + 1):
         layers = [lp for lp in plan.layers if lp.group == g]
         parts = []
-        for name in ("adapter", "prefix", "bitfit", "lora"):
+        for name in NAMES:
             sizes = [lp.modules[name] for lp in layers if name in lp.modules]
             if not sizes:
                 continue
@@ -251,7 +252,7 @@ def group_sizes_text(plan) -> str:
                 parts.append("B")
             else:
                 lo, hi = min(sizes), max(sizes)
-                parts.append(f"{letters[name]}{lo}" if lo == hi else f"{letters[name]}{lo}-{hi}")
+                parts.append(f"{LETTERS[name]}{lo}" if lo == hi else f"{LETTERS[name]}{lo}-{hi}")
         out.append(" ".join(parts) or "-")
     return " | ".join(out)
 
@@ -331,7 +332,7 @@ class TrialTable:
 
 # =================================================================================== trials
 def read_result(trial_dir: Path) -> dict[str, Any] | None:
-    from peftds.train.job import RESULT_FILE
+    from peftds.files import RESULT_FILE
 
     p = Path(trial_dir) / RESULT_FILE
     if not p.exists():
@@ -347,7 +348,8 @@ def trial_job(cfg) -> dict[str, Any]:
     in the Hydra job dir, quiet (its output goes to trial.log), plus the device it ran on."""
     import torch
 
-    from peftds.train.job import RESULT_FILE, run_dir_of, train_job, write_json_atomic
+    from peftds.files import RESULT_FILE, write_json_atomic
+    from peftds.train.job import run_dir_of, train_job
 
     settings = cfg.get("search") or {}
     if settings.get("gpu_slots"):
@@ -830,7 +832,7 @@ class Search:
 
     def _reset_failed(self, table: TrialTable, trials: Mapping[str, Trial]) -> None:
         """search.retry_failed: forget failed trials (their rows go, result.json -> result.failed.json)."""
-        from peftds.train.job import RESULT_FILE
+        from peftds.files import RESULT_FILE
 
         failed = [t for t in trials.values() if _effective_status(self.finished(t)) == "failed"]
         if not failed:
@@ -844,7 +846,7 @@ class Search:
     def _launch(self, batch: list[Trial], spec: StageSpec) -> None:
         from hydra.core.utils import JobStatus
 
-        from peftds.train.job import RunRecord
+        from peftds.train.record import RunRecord
 
         overrides = [self.trial_overrides(t, spec) for t in batch]
         try:

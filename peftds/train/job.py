@@ -6,195 +6,21 @@ The same job function serves search trials (peftds.search.runner), which read it
 """
 from __future__ import annotations
 
-import contextlib
-import json
-import math
-import os
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
 from peftds.errors import PeftdsError
+from peftds.files import git_commit, versions
+from peftds.train.evaluation import predict
+from peftds.train.record import RunRecord, peak_memory_mb, summary_line
+from peftds.train.setup import load_tokenizer, quiet_libraries
+from peftds.train.trainer import NonFiniteLoss, trainer_classes
 
 CLI_COMMANDS: dict[str, Any] = {}
-RESULT_FILE = "result.json"
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
-
-
-class RunRecord:
-    """result.json, rewritten atomically on every update so an interrupted run keeps what it had."""
-
-    def __init__(self, run_dir: Path, **fields: Any):
-        self.path = run_dir / RESULT_FILE
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.data: dict[str, Any] = {"status": "running", "error": None, "run_dir": str(run_dir), **fields}
-        self.flush()
-
-    def update(self, **fields: Any) -> None:
-        self.data.update(fields)
-        self.flush()
-
-    def flush(self) -> None:
-        write_json_atomic(self.path, self.data)
-
-
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": sys.version.split()[0]}
-    for pkg in ("peftds", "torch", "transformers", "datasets", "hydra-core", "peft"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-def git_commit() -> str | None:
-    try:
-        repo = Path(__file__).resolve().parents[2]
-        return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def peak_memory_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def quiet_libraries(load_bars: bool = True) -> None:
-    """Silence expected library chatter: datasets' map bars, transformers' load reports (e.g.
-    "classifier MISSING"), rouge-score's "Using default tokenizer."; optionally the weight-loading bars."""
-    import logging
-
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bar()
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    transformers.logging.set_verbosity_error()
-    if not load_bars:
-        transformers.utils.logging.disable_progress_bar()
-
-
-def load_tokenizer(model_cfg: Mapping[str, Any], seq2seq: bool):
-    from transformers import AutoTokenizer
-
-    from peftds.model.backbones import resolve_path
-    from peftds.data.loading import prepare_tokenizer
-
-    name = model_cfg.get("tokenizer") or model_cfg.get("name_or_path")
-    if not name:
-        raise PeftdsError("model config has neither model.tokenizer nor model.name_or_path for the tokenizer")
-    try:
-        tok = AutoTokenizer.from_pretrained(resolve_path(name))
-    except OSError as e:
-        raise PeftdsError(f"cannot load tokenizer '{name}': {str(e).splitlines()[0]}") from e
-    return prepare_tokenizer(tok, "seq2seq" if seq2seq else "encoder")
-
-
-# ----------------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def predict(model, task, encoded, tokenizer, seq2seq: bool, batch_size: int) -> list[Any]:
-    """Predictions on an encoded split: head outputs (encoder), label-word ranking (text-to-text
-    classification/regression) or generation (XSum, WMT)."""
-    from peftds.data.batching import Collator
-    from peftds.data.loading import label_word_ids
-    from peftds.data.tasks import rank_labels
-
-    model.eval()
-    device = next(model.parameters()).device
-    collate = Collator(tokenizer.pad_token_id, seq2seq)
-    order = sorted(range(len(encoded)), key=lambda i: encoded[i]["length"])  # length-sorted: little padding
-    preds: list[Any] = [None] * len(encoded)
-    cand_ids = label_word_ids(task, tokenizer) if seq2seq and task.kind != "generation" else None
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = collate([{k: encoded[i][k] for k in ("input_ids", "attention_mask")} for i in idx])
-        batch = {k: v.to(device) for k, v in batch.items()}
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-        with autocast:
-            if not seq2seq:
-                logits = model(**batch).logits.float()
-                out = logits.squeeze(-1).tolist() if task.kind == "regression" else logits.argmax(-1).tolist()
-            elif task.kind != "generation":
-                ranked = rank_labels(model, batch["input_ids"], batch["attention_mask"], cand_ids)
-                out = [task.candidate_to_prediction(int(i)) for i in ranked.tolist()]
-            else:
-                gen = model.generate(**batch, num_beams=task.num_beams, max_new_tokens=task.max_target_len)
-                out = [task.decode(t) for t in tokenizer.batch_decode(gen, skip_special_tokens=True)]
-        for i, p in zip(idx, out):
-            preds[i] = p
-    return preds
-
-
-def _trainer_class():
-    from transformers import Trainer, TrainerCallback
-
-    from peftds.data.batching import LengthGroupedBatchSampler
-
-    class PeftdsTrainer(Trainer):
-        """HF Trainer with length-grouped batches and task-specific evaluation."""
-
-        def __init__(self, *args, lengths=None, eval_fn=None, length_grouped=True, compile=False, **kw):
-            super().__init__(*args, **kw)
-            self._lengths, self._eval_fn, self._length_grouped = lengths, eval_fn, length_grouped
-            # train.compile: training forwards go through torch.compile (static shapes: one compilation per
-            # batch shape, counted; peftds.bench.step.CompiledModel); evaluation stays eager.
-            self.compiled = None
-            if compile:
-                from peftds.bench.step import CompiledModel
-
-                self.compiled = CompiledModel(self.model)
-
-        def compute_loss(self, model, inputs, *args, **kwargs):
-            if self.compiled is not None and model is self.model and model.training:
-                model = self.compiled
-            return super().compute_loss(model, inputs, *args, **kwargs)
-
-        def get_train_dataloader(self):
-            if not self._length_grouped:
-                return super().get_train_dataloader()
-            sampler = LengthGroupedBatchSampler(self._lengths, self.args.per_device_train_batch_size,
-                                                seed=self.args.seed)
-            loader = torch.utils.data.DataLoader(self.train_dataset, batch_sampler=sampler,
-                                                 collate_fn=self.data_collator, num_workers=0)
-            return self.accelerator.prepare(loader)
-
-        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-            metrics = {f"{metric_key_prefix}_{k}": v for k, v in self._eval_fn(self.model).items()}
-            metrics["epoch"] = self.state.epoch
-            self.log(metrics)
-            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-            self.model.train()
-            return metrics
-
-    class FiniteLossGuard(TrainerCallback):
-        """Stop at the first logged non-finite loss (HF would otherwise train on NaNs)."""
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(loss):
-                raise NonFiniteLoss(f"non-finite training loss ({loss}) at step {state.global_step}")
-
-    return PeftdsTrainer, FiniteLossGuard
 
 
 def run_dir_of(cfg) -> Path:
@@ -233,8 +59,7 @@ def _train(cfg, run_dir: Path, rec: RunRecord, start: float) -> None:
     from transformers import TrainingArguments, set_seed
 
     from peftds.design.apply import build, save_trained
-    from peftds.model.backbones import model_kind
-    from peftds.model.backbones import _hf_config
+    from peftds.model.backbones import is_seq2seq
     from peftds.data.batching import Collator, default_buckets
     from peftds.data.loading import encode, load_splits, references
     from peftds.data.metrics import compute_metrics
@@ -245,10 +70,10 @@ def _train(cfg, run_dir: Path, rec: RunRecord, start: float) -> None:
     seed = int(cfg.seed)
     set_seed(seed)
     task = Task.from_config(cfg.task)
-    hf_config, _ = _hf_config(cfg.model, allow_fallback=False)
-    seq2seq = model_kind(hf_config.model_type) == "seq2seq"
+    seq2seq = is_seq2seq(cfg.model)
     if not seq2seq and task.kind == "generation":
-        raise PeftdsError(f"task '{task.name}' needs a text-to-text model; '{hf_config.model_type}' is encoder-only")
+        raise PeftdsError(f"task '{task.name}' needs a text-to-text model; model.arch '{cfg.model.get('arch')}' "
+                          "is encoder-only")
     tokenizer = load_tokenizer(cfg.model, seq2seq)
     splits = load_splits(task, cfg.data)
     eval_split = tc.eval_split
@@ -320,7 +145,7 @@ def _train(cfg, run_dir: Path, rec: RunRecord, start: float) -> None:
         disable_tqdm=not tc.progress,
         torch_compile=False,  # train.compile: PeftdsTrainer compiles the training forward itself
     )
-    trainer_cls, guard = _trainer_class()
+    trainer_cls, guard = trainer_classes()
     trainer = trainer_cls(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
         data_collator=Collator(tokenizer.pad_token_id, seq2seq, tc.get("length_buckets")
@@ -346,16 +171,6 @@ def _train(cfg, run_dir: Path, rec: RunRecord, start: float) -> None:
         train_tokens_per_s=real_tokens * epochs_done / max(train_time, 1e-9), peak_memory_mb=peak_memory_mb(),
         wall_time_s=time.time() - start,
     )
-
-
-def summary_line(rec: Mapping[str, Any]) -> str:
-    if rec.get("status") != "ok":
-        return f"peftds train: {rec.get('status')}: {rec.get('error')} (record: {rec.get('run_dir')}/{RESULT_FILE})"
-    best = rec.get("best") or {}
-    return (f"task={rec['task']} design={rec['design']} model={rec.get('model')} "
-            f"params={rec['trainable_params']:,} ({rec['trainable_pct']:.3f}%) "
-            f"{rec['eval_split']} score={rec['score']:.2f} (best epoch {best.get('epoch')}, "
-            f"last {rec['last']['score']:.2f}) time={rec['wall_time_s']:.0f}s -> {rec['run_dir']}")
 
 
 def run_hydra(task_fn, argv: list[str], job_name: str):

@@ -21,7 +21,7 @@ def buckets_used(cfg):
     from peftds.data.batching import LengthGroupedBatchSampler, bucket_length
     from peftds.data.loading import encode, load_splits
     from peftds.data.tasks import Task
-    from peftds.train.job import load_tokenizer
+    from peftds.train.setup import load_tokenizer
 
     task = Task.from_config(cfg.task)
     tok = load_tokenizer(cfg.model, True)

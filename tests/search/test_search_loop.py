@@ -20,7 +20,7 @@ S4 = [["adapter", "lora"], ["adapter", "prefix"], ["adapter", "prefix", "bitfit"
 def fake_score(design) -> float:
     """Deterministic scores with a known stage-by-stage optimum: spindle > uniform allocation > all
     groups tuned > the S4 strategy of G1 > G2 > G3 > G4 (each bonus beats all later ones combined)."""
-    from peftds.design.space import satisfies
+    from peftds.design.grouping import satisfies
 
     sizes = tuple(design["grouping"]["sizes"])
     score = 64.0 * satisfies(sizes, "spindle") + 32.0 * (design["allocation"] == "uniform")
@@ -35,6 +35,7 @@ def fake_training(monkeypatch):
     from omegaconf import OmegaConf
 
     import peftds.train.job as training
+    from peftds.train.record import RunRecord
 
     calls: list[dict] = []
     rules: dict = {}
@@ -43,7 +44,7 @@ def fake_training(monkeypatch):
         run_dir = Path(run_dir)
         design = OmegaConf.to_container(cfg.design, resolve=True)
         calls.append({"run_dir": str(run_dir), "design": design, "task": cfg.task.name, "trial": dict(cfg.trial)})
-        rec = training.RunRecord(run_dir, task=cfg.task.name, design=design["name"], seed=int(cfg.seed),
+        rec = RunRecord(run_dir, task=cfg.task.name, design=design["name"], seed=int(cfg.seed),
                                  trial=OmegaConf.to_container(cfg.trial))
         assert cfg.train.eval_split == "heldout" and cfg.train.progress is False
         g1 = design["strategies"][0]
@@ -116,7 +117,7 @@ def test_stage_all_chains_every_stage_to_a_final_design(tmp_path, fake_training,
     # the final design is concrete and accepted by `peftds train design=<file>`
     best = sdir / "best_design.yaml"
     cfg = compose_cfg("model=tiny_roberta", f"design={best}")
-    from peftds.design.space import satisfies
+    from peftds.design.grouping import satisfies
 
     sizes = tuple(cfg.design.grouping.sizes)
     assert sum(sizes) == 12 and satisfies(sizes, "spindle") and [list(s) for s in cfg.design.strategies] == S4

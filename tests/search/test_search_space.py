@@ -9,15 +9,9 @@ import pytest
 
 from peftds.errors import PeftdsError
 from peftds.search.runner import StageSpec, stage_chain
-from peftds.design.space import (
-    Space,
-    all_groupings,
-    draw_seed,
-    feasible_groupings,
-    nonempty_subsets,
-    sample_designs,
-    satisfies,
-)
+from peftds.design.grouping import all_groupings, feasible_groupings, nonempty_subsets, satisfies
+from peftds.design.space import Space
+from peftds.search.sampler import draw_seed, sample_designs
 
 STRATS = ("adapter", "prefix", "bitfit", "lora")
 

@@ -12,7 +12,14 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (Adapter(), Prefix(), BitF
 # Order in which strategies are applied inside a layer: BitFit first (it touches the raw Linears),
 # then LoRA (wraps q/v), then adapters and prefixes (hooks around sublayers / attention).
 APPLY_ORDER = ("bitfit", "lora", "adapter", "prefix")
-NAMES = ("adapter", "prefix", "bitfit", "lora")
+NAMES = ("adapter", "prefix", "bitfit", "lora")  # canonical order in designs and labels
+LETTERS = {name: STRATEGIES[name].letter for name in NAMES}
+LETTERS_NOTE = ", ".join(f"{STRATEGIES[n].letter} = {type(STRATEGIES[n]).__name__}" for n in NAMES)
+
+
+def strategy_label(subset) -> str:
+    """A subset of strategies as letters in canonical order, e.g. ('lora', 'adapter') -> 'A+L'; '-' if empty."""
+    return "+".join(LETTERS[s] for s in NAMES if s in subset) or "-"
 
 
 def get_strategy(name: str) -> Strategy:
@@ -22,4 +29,4 @@ def get_strategy(name: str) -> Strategy:
         raise PeftdsError(f"unknown strategy '{name}' (known: {', '.join(NAMES)})") from None
 
 
-__all__ = ["STRATEGIES", "APPLY_ORDER", "NAMES", "get_strategy", "Strategy", "LayerShape", "AttnShape"]
+__all__ = ["STRATEGIES", "APPLY_ORDER", "NAMES", "LETTERS", "LETTERS_NOTE", "strategy_label", "get_strategy", "Strategy", "LayerShape", "AttnShape"]

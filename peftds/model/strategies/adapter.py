@@ -120,6 +120,8 @@ def _ffn_input_linear(layer: Layer) -> nn.Module:
 
 class Adapter(Strategy):
     name = "adapter"
+    letter = "A"
+    size_symbol = "b"
     scalable = True
     defaults = {"placement": "ffn", "activation": "relu", "variant": "sequential"}
 

@@ -56,6 +56,8 @@ class Strategy(ABC):
     """One PEFT method applied per layer."""
 
     name: str
+    letter: str  # one capital in compact design strings, e.g. "A+L"
+    size_symbol: str | None = None  # the size's symbol (b, p, r); None for a fixed-cost strategy
     scalable: bool = True  # False: fixed cost (BitFit)
     defaults: Mapping[str, Any] = {}  # hyper-parameters (overridable per design)
 

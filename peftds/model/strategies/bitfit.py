@@ -20,6 +20,7 @@ from peftds.model.strategies.lora import innermost_linear
 
 class BitFit(Strategy):
     name = "bitfit"
+    letter = "B"
     scalable = False
     defaults: Mapping[str, Any] = {}
 

@@ -112,6 +112,8 @@ def _descend(parent: nn.Module, attr: str) -> tuple[nn.Module, str]:
 
 class LoRA(Strategy):
     name = "lora"
+    letter = "L"
+    size_symbol = "r"
     scalable = True
     defaults = {"targets": ["q", "v"], "alpha": 16, "dropout": 0.0}
 

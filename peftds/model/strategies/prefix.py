@@ -252,6 +252,8 @@ def use_prefix_attention(model: nn.Module) -> None:
 # --------------------------------------------------------------------------- strategy
 class Prefix(Strategy):
     name = "prefix"
+    letter = "P"
+    size_symbol = "p"
     scalable = True
     defaults = {"reparam": False, "reparam_hidden": 64, "init_std": 0.02}
 

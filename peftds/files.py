@@ -1,0 +1,114 @@
+"""Run-dir file names, atomic writes and file locks: the one home of everything a run leaves on disk."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from peftds.errors import PeftdsError
+
+# A training run (`peftds train`, a search trial, a compare run)
+RESULT_FILE = "result.json"  # the run record, rewritten as the run goes
+TRIAL_LOG = "trial.out"  # a search trial's captured stdout/stderr
+DESIGN_DIR = "design"  # trained strategy params + plan inside a run dir
+PLAN_FILE = "plan.yaml"
+WEIGHTS_FILE = "strategy_params.safetensors"
+PREDICTIONS_FILE = "predictions.jsonl"  # per-example dev predictions of the scored split
+# A search dir
+SEARCH_STATE = "search.json"
+SEARCH_CONFIG = "config.yaml"
+TRIALS_DIR = "trials"
+STAGE_FILE = "stage.json"
+TRIALS_FILE = "trials.csv"
+SUMMARY_FILE = "summary.json"
+REPORT_FILE = "report.md"
+SPACE_NEXT = "space_next.yaml"
+SPACE_FINAL = "space_final.yaml"
+BEST_DESIGN = "best_design.yaml"
+EDF_PLOT = "edf.png"
+SCORES_PLOT = "scores.png"
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write via a temporary file and os.replace: a kill never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", newline="") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    return write_text_atomic(path, json.dumps(obj, indent=2, default=str))
+
+
+def read_json(path: str | Path) -> dict[str, Any] | None:
+    """A JSON file's content, or None when it is missing or unreadable (e.g. a run still starting)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path, *, wait: bool = True, busy: str | None = None) -> Iterator[None]:
+    """An exclusive flock on `path` for the block; with wait=False a held lock raises PeftdsError(busy)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PeftdsError(busy or f"{path} is locked by another process") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def try_lock_forever(path: str | Path) -> Any | None:
+    """Take an flock without waiting and keep it for the life of the process; None when it is held."""
+    fh = open(path, "a")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        return None
+    return fh
+
+
+VERSIONED_PACKAGES = ("peftds", "torch", "transformers", "datasets", "hydra-core", "peft")
+
+
+def versions() -> dict[str, str]:
+    """Python and the versions of the packages a result depends on (recorded with every result)."""
+    import importlib.metadata as md
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in VERSIONED_PACKAGES:
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit() -> str | None:
+    """The commit of the peftds checkout (None outside a git checkout)."""
+    try:
+        repo = Path(__file__).resolve().parents[1]
+        done = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return done.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

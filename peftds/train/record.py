@@ -1,0 +1,45 @@
+"""The run record: result.json of a training run, rewritten atomically as the run goes."""
+
+from __future__ import annotations
+
+import resource
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from peftds.files import RESULT_FILE, write_json_atomic
+
+
+class RunRecord:
+    """result.json, rewritten atomically on every update so an interrupted run keeps what it had."""
+
+    def __init__(self, run_dir: Path, **fields: Any) -> None:
+        self.path = run_dir / RESULT_FILE
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.data: dict[str, Any] = {"status": "running", "error": None, "run_dir": str(run_dir), **fields}
+        self.flush()
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+        self.flush()
+
+    def flush(self) -> None:
+        write_json_atomic(self.path, self.data)
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def summary_line(rec: Mapping[str, Any]) -> str:
+    if rec.get("status") != "ok":
+        return f"peftds train: {rec.get('status')}: {rec.get('error')} (record: {rec.get('run_dir')}/{RESULT_FILE})"
+    best = rec.get("best") or {}
+    return (f"task={rec['task']} design={rec['design']} model={rec.get('model')} "
+            f"params={rec['trainable_params']:,} ({rec['trainable_pct']:.3f}%) "
+            f"{rec['eval_split']} score={rec['score']:.2f} (best epoch {best.get('epoch')}, "
+            f"last {rec['last']['score']:.2f}) time={rec['wall_time_s']:.0f}s -> {rec['run_dir']}")

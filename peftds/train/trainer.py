@@ -1,0 +1,64 @@
+"""The HF Trainer as peftds uses it: length-grouped batches, task evaluation, a loss guard."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from peftds.data.batching import LengthGroupedBatchSampler
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became non-finite."""
+
+
+def trainer_classes():
+    """(PeftdsTrainer, FiniteLossGuard), made on first use so that importing peftds stays light."""
+    from transformers import Trainer, TrainerCallback
+
+    class PeftdsTrainer(Trainer):
+        """HF Trainer with length-grouped batches and task-specific evaluation."""
+
+        def __init__(self, *args, lengths=None, eval_fn=None, length_grouped=True, compile=False, **kw):
+            super().__init__(*args, **kw)
+            self._lengths, self._eval_fn, self._length_grouped = lengths, eval_fn, length_grouped
+            # train.compile: training forwards go through torch.compile (static shapes: one compilation per
+            # batch shape, counted; peftds.bench.step.CompiledModel); evaluation stays eager.
+            self.compiled = None
+            if compile:
+                from peftds.bench.step import CompiledModel
+
+                self.compiled = CompiledModel(self.model)
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            if self.compiled is not None and model is self.model and model.training:
+                model = self.compiled
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+        def get_train_dataloader(self):
+            if not self._length_grouped:
+                return super().get_train_dataloader()
+            sampler = LengthGroupedBatchSampler(self._lengths, self.args.per_device_train_batch_size,
+                                                seed=self.args.seed)
+            loader = torch.utils.data.DataLoader(self.train_dataset, batch_sampler=sampler,
+                                                 collate_fn=self.data_collator, num_workers=0)
+            return self.accelerator.prepare(loader)
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            metrics = {f"{metric_key_prefix}_{k}": v for k, v in self._eval_fn(self.model).items()}
+            metrics["epoch"] = self.state.epoch
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            self.model.train()
+            return metrics
+
+    class FiniteLossGuard(TrainerCallback):
+        """Stop at the first logged non-finite loss (HF would otherwise train on NaNs)."""
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                raise NonFiniteLoss(f"non-finite training loss ({loss}) at step {state.global_step}")
+
+    return PeftdsTrainer, FiniteLossGuard
