@@ -27,7 +27,7 @@ def trainer_classes():
             # batch shape, counted; peftds.bench.step.CompiledModel); evaluation stays eager.
             self.compiled = None
             if compile:
-                from peftds.bench.step import CompiledModel
+                from peftds.train.compile import CompiledModel
 
                 self.compiled = CompiledModel(self.model)
 

@@ -1,5 +1,6 @@
 """Length-grouped batching (issue #5, part 3): every example once per epoch, little padding, batches
 re-mixed between epochs; the collator's length buckets."""
+
 import random
 
 import pytest
@@ -102,8 +103,10 @@ def test_collator_dynamic_and_bucketed_padding():
 
 
 def test_collator_encoder_labels():
-    rows = [{"input_ids": [1, 2], "attention_mask": [1, 1], "token_type_ids": [0, 0], "labels": 1},
-            {"input_ids": [1], "attention_mask": [1], "token_type_ids": [0], "labels": 0}]
+    rows = [
+        {"input_ids": [1, 2], "attention_mask": [1, 1], "token_type_ids": [0, 0], "labels": 1},
+        {"input_ids": [1], "attention_mask": [1], "token_type_ids": [0], "labels": 0},
+    ]
     out = Collator(0, seq2seq=False, buckets=[4])(rows)
     assert out["input_ids"].shape == (2, 4) and out["token_type_ids"].shape == (2, 4)
     assert out["labels"].dtype == torch.long and out["labels"].tolist() == [1, 0]

@@ -1,13 +1,13 @@
-"""Compiled training (issue #5, part 5): `train.compile=true` follows the eager loss trajectory, and an
-epoch compiles once per length bucket used; `peftds bench bench.compile=true`; the eager fallback."""
-import json
+"""peftds.train.compile: `train.compile=true` follows the eager loss trajectory and an epoch compiles once
+per length bucket used; CompiledModel counts batch shapes and falls back to eager on endless recompiles."""
+
+import contextlib
 import math
 
 import pytest
 import torch
 
-from peftds.bench.step import CompiledModel, cpu_threads
-from peftds.cli import main
+from peftds.train.compile import CompiledModel
 
 pytestmark = pytest.mark.slow
 
@@ -15,12 +15,23 @@ TINY_T5 = ["model=tiny_t5", "model.shape.num_layers=2", "model.shape.num_decoder
 BUCKETS = [32, 128]
 
 
+@contextlib.contextmanager
+def one_thread():
+    """One torch thread (steady timings on a shared machine), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def buckets_used(cfg):
     """Source lengths an epoch's batches pad to, computed apart from the trainer."""
-    from peftds.model.backbones import model_kind
     from peftds.data.batching import LengthGroupedBatchSampler, bucket_length
     from peftds.data.loading import encode, load_splits
     from peftds.data.tasks import Task
+    from peftds.model.backbones import model_kind
     from peftds.train.setup import load_tokenizer
 
     task = Task.from_config(cfg.task)
@@ -35,11 +46,21 @@ def buckets_used(cfg):
 def test_compiled_training_matches_eager_and_compiles_once_per_bucket(compose_cfg, data_dir, tmp_path):
     from peftds.train.job import train_job
 
-    over = [*TINY_T5, "design=lora", "task=sst2", f"data.dir={data_dir}", "data.max_train_samples=64",
-            "data.max_eval_samples=16", "train.epochs=1", "train.logging_steps=1", "train.progress=false",
-            "train.save_params=false", f"train.length_buckets={BUCKETS}"]
+    over = [
+        *TINY_T5,
+        "design=lora",
+        "task=sst2",
+        f"data.dir={data_dir}",
+        "data.max_train_samples=64",
+        "data.max_eval_samples=16",
+        "train.epochs=1",
+        "train.logging_steps=1",
+        "train.progress=false",
+        "train.save_params=false",
+        f"train.length_buckets={BUCKETS}",
+    ]
     recs = {}
-    with cpu_threads(1):
+    with one_thread():
         for mode in ("false", "true"):
             cfg = compose_cfg(*over, f"train.compile={mode}")
             recs[mode] = train_job(cfg, run_dir=tmp_path / f"compile_{mode}")
@@ -58,23 +79,6 @@ def test_compiled_training_matches_eager_and_compiles_once_per_bucket(compose_cf
     assert stats["frames"] == stats["graphs"] == stats["batch_shapes"] == len(used)
     assert stats["recompiles"] == 0 and stats["fallback"] is None and stats["graph_breaks"] == 0
     assert "compile" not in eager
-
-
-def test_bench_eager_vs_compiled(capsys, tmp_path):
-    out = tmp_path / "bench.json"
-    code = main(["bench", *TINY_T5, "design=lora", "bench.compile=true", "bench.variants=[design,floor]",
-                 "bench.batch_size=2", "bench.source_len=8", "bench.target_len=2", "bench.steps=2", "bench.warmup=0",
-                 f"bench.out={out}"])
-    printed = capsys.readouterr().out
-    assert code == 0 and "compiled design / eager floor" in printed
-    rec = json.loads(out.read_text())
-    assert list(rec["variants"]) == ["design", "floor", "design_compiled"]
-    e = rec["compile"]["variants"]["design_compiled"]
-    assert e["outputs"]["match"] and e["outputs"]["loss_rel_diff"] <= 1e-4
-    assert e["compile_counts"]["frames"] == 1 and e["recompiles"] == 0 and "dropped" not in e
-    vs = rec["variants"]
-    assert math.isclose(rec["ratios"]["design_compiled/floor"], vs["design_compiled"]["median_ms"] / vs["floor"]["median_ms"])
-    assert math.isclose(rec["ratios"]["design_compiled/design"], vs["design_compiled"]["median_ms"] / vs["design"]["median_ms"])
 
 
 CALLS = {"n": 0}
@@ -96,7 +100,7 @@ def test_compiled_model_counts_shapes_and_falls_back_to_eager():
     model = Unstable()
     cm = CompiledModel(model)
     x = torch.randn(2, 4)
-    with cpu_threads(1), pytest.warns(RuntimeWarning, match="recompiled"):
+    with one_thread(), pytest.warns(RuntimeWarning, match="recompiled"):
         first = cm(x)
         second = cm(x)  # same shape, guard fails -> recompiles once -> falls back
     assert cm.fallback and cm.stats()["recompiles"] >= 1
