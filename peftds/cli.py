@@ -1,81 +1,144 @@
-"""The `peftds` command: `peftds <command> [key=value ...]` (Hydra overrides)."""
+"""The `peftds` command: `peftds <command> [key=value ...]` (Hydra overrides), `--help`, `--cfg`."""
+
 from __future__ import annotations
 
+import importlib
 import sys
-from typing import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from peftds.errors import PeftdsError
 
-USAGE = """usage: peftds <command> [key=value ...]
 
-commands:
-  inspect   per-layer plan of a design on a model (model=, design=, budget=, format=table|json)
-  train     fine-tune a design on a task (Hydra run dir gets result.json + trained params)
-  search    design-space search, stage by stage (stage=grouping|allocation|tunable|strategy|all)
-  report    Markdown + PNG report of a search dir: `peftds report <dir>`
-  bench     time a design's training step against peft LoRA, the frozen floor, full FT, forward only
-  bench-data  padded-token fraction and epoch time: length-grouped vs fixed/random padding
-  bench-eval  label-word ranking vs free generation speed (text-to-text classification)
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: where it lives, what it does, which config groups and keys it reads."""
 
-Any Hydra override works, e.g. `peftds inspect model=tiny_t5 design=spindle_t5base format=json`.
-`design=` also takes a YAML file path (e.g. the design a search wrote).
-"""
+    target: str  # "module:function", imported only when the command runs
+    summary: str
+    groups: tuple[str, ...] = ()  # config groups it composes (what --help lists)
+    sections: tuple[str, ...] = ()  # typed sections whose keys --help describes
+    usage: str = ""
 
-
-def _model_name(argv: list[str]) -> str | None:
-    for a in argv:
-        if a.startswith("model="):
-            return a.split("=", 1)[1]
-    return None
+    def function(self) -> Callable[[list[str]], int]:
+        module, name = self.target.split(":")
+        return getattr(importlib.import_module(module), name)
 
 
-def cmd_inspect(argv: list[str]) -> int:
-    from peftds.design import inspect
-    from peftds.config.compose import compose
+TRAIN_GROUPS = ("model", "budget", "design", "task", "data", "train")
+COMMANDS: dict[str, Command] = {
+    "inspect": Command(
+        "peftds.design.inspect:cmd_inspect",
+        "per-layer plan of a design on a model (built on the meta device: no weights needed)",
+        ("model", "budget", "design"),
+        ("model", "budget"),
+        "peftds inspect model=t5_base design=spindle_t5base [format=table|json]",
+    ),
+    "train": Command(
+        "peftds.train.job:cmd_train",
+        "fine-tune one design on one task; result.json + trained params in the run dir (hydra.run.dir)",
+        TRAIN_GROUPS,
+        ("model", "budget", "data", "train"),
+        "peftds train [model=...] [design=<name|file.yaml>] [task=...] [train.epochs=...] [hydra.run.dir=...]",
+    ),
+    "search": Command(
+        "peftds.search.launch:cmd_search",
+        "design-space search, stage by stage: sample N designs per option, train, score, keep the winner",
+        ("search", "stage", "space", "model", "budget", "data", "train"),
+        ("search", "data", "train"),
+        "peftds search stage=<grouping|allocation|tunable|strategy|all> search=<default|demo|tiny> [search.dir=...]",
+    ),
+    "report": Command(
+        "peftds.search.report:cmd_report",
+        "Markdown tables + PNG plots of a search dir (per stage and overall)",
+        usage="peftds report <search dir>",
+    ),
+    "bench": Command(
+        "peftds.bench.cli:cmd_bench",
+        "median training step of a design vs peft LoRA, the frozen floor, full FT and forward only",
+        ("model", "budget", "design", "bench"),
+        ("bench",),
+        "peftds bench model=... design=... [bench=gpu] [hydra.run.dir=...]",
+    ),
+    "bench-data": Command(
+        "peftds.bench.cli:cmd_bench_data",
+        "padded tokens and epoch time: length-grouped vs fixed / random padding",
+        ("model", "budget", "design", "bench"),
+        ("bench",),
+        "peftds bench-data [bench.data.tasks=[sst2,rte]]",
+    ),
+    "bench-eval": Command(
+        "peftds.bench.cli:cmd_bench_eval",
+        "label-word ranking vs free generation speed (text-to-text classification)",
+        ("model", "budget", "task", "bench"),
+        ("bench",),
+        "peftds bench-eval model=tiny_t5 task=sst2",
+    ),
+}
+HELP_FLAGS = ("-h", "--help", "help")
 
-    cfg = compose(argv)
-    from omegaconf import open_dict
 
-    with open_dict(cfg):
-        cfg.model_name = _model_name(argv) or "minilm_l6"
-    print(inspect.run(cfg))
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: peftds <command> [key=value ...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {cmd.summary}" for name, cmd in COMMANDS.items()]
+    lines += [
+        "",
+        "`peftds <command> --help` lists the command's config groups and keys; `peftds <command> --cfg [key=value ...]`",
+        "prints the composed config without running. Any Hydra override works; `design=` also takes a YAML path.",
+    ]
+    return "\n".join(lines)
+
+
+def command_help(name: str) -> str:
+    """What a command does, its config groups with their options, and its keys with their help."""
+    from peftds.config.compose import group_options
+    from peftds.config.schema import describe
+    from peftds.config.sections import SECTIONS
+
+    cmd = COMMANDS[name]
+    lines = [f"peftds {name}: {cmd.summary}", "", f"usage: {cmd.usage or f'peftds {name} [key=value ...]'}"]
+    if cmd.groups:
+        lines += ["", "config groups (group=option):"]
+        lines += [f"  {g:<8} {' '.join(group_options(g)) or '-'}" for g in cmd.groups]
+    for section in cmd.sections:
+        rows = describe(SECTIONS[section])
+        width = max(len(key) for key, *_ in rows)
+        lines += ["", f"{section} keys:"]
+        lines += [f"  {key:<{width}}  {help_} [{tp}, default {default!r}]" for key, tp, default, help_ in rows]
+    if cmd.groups:
+        lines += ["", f"print the composed config without running: peftds {name} --cfg [key=value ...]"]
+    return "\n".join(lines)
+
+
+def print_config(name: str, argv: Sequence[str]) -> int:
+    from omegaconf import OmegaConf
+
+    from peftds.config.compose import compose_for
+
+    cfg = compose_for(COMMANDS[name].groups, list(argv))
+    print(OmegaConf.to_yaml(cfg, resolve=False).rstrip())
     return 0
-
-
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"inspect": cmd_inspect}
-
-
-def register(name: str, fn: Callable[[list[str]], int]) -> None:
-    COMMANDS[name] = fn
-
-
-def _load_commands() -> None:
-    """Commands living in their own modules register themselves on import (if present)."""
-    import importlib
-
-    for mod in ("train.job", "search.runner", "search.report", "bench.step"):
-        try:
-            m = importlib.import_module(f"peftds.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"peftds.{mod}":
-                raise
-            continue
-        for name, fn in getattr(m, "CLI_COMMANDS", {}).items():
-            register(name, fn)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
+    if not argv or argv[0] in HELP_FLAGS:
+        print(usage())
         return 0 if argv else 2
-    _load_commands()
-    command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        print(f"peftds: error: unknown command '{command}' (known: {', '.join(sorted(COMMANDS))})", file=sys.stderr)
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"peftds: error: unknown command '{name}' (known: {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
     try:
-        return COMMANDS[command](rest) or 0
+        if any(a in HELP_FLAGS for a in rest):
+            print(command_help(name))
+            return 0
+        if "--cfg" in rest:
+            if not COMMANDS[name].groups:
+                raise PeftdsError(f"`peftds {name}` composes no config (nothing to print with --cfg)")
+            return print_config(name, [a for a in rest if a != "--cfg"])
+        return COMMANDS[name].function()(rest) or 0
     except PeftdsError as e:
         print(f"peftds: error: {e}", file=sys.stderr)
         return 2

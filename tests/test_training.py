@@ -80,15 +80,27 @@ def test_heldout_evaluation_for_search(tmp_path, data_dir):
     assert rec["status"] == "ok" and rec["eval_split"] == "heldout" and rec["eval_examples"] == 24
 
 
-def test_nan_loss_fails_the_run_with_a_record(tmp_path, data_dir):
+@pytest.mark.parametrize("lr", ["1e9", "1e30"])
+def test_diverging_loss_stops_the_run(tmp_path, data_dir, lr):
+    """A huge learning rate: the loss explodes (or turns NaN) and the run stops as diverged, naming the lr."""
     proc = subprocess.run(
-        [PEFTDS, "train", "model=tiny_bert", "design=lora", "task=sst2", "data.max_train_samples=64", "train.lr=1e30",
+        [PEFTDS, "train", "model=tiny_bert", "design=lora", "task=sst2", "data.max_train_samples=64", f"train.lr={lr}",
          "train.max_steps=20", "train.logging_steps=1", "train.progress=false", f"hydra.run.dir={tmp_path}"],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     rec = json.loads((tmp_path / RESULT_FILE).read_text())
-    assert rec["status"] == "failed" and "non-finite" in rec["error"]
-    assert "failed" in proc.stdout and "Traceback" not in proc.stderr
+    assert rec["status"] == "diverged" and f"train.lr={float(lr):g}" in rec["error"]
+    out = [line for line in proc.stdout.splitlines() if line.startswith("peftds train")]
+    assert len(out) == 1 and "diverged" in out[0] and "train.lr" in out[0] and "Traceback" not in proc.stderr
+
+
+def test_divergence_rule():
+    from peftds.train.trainer import divergence
+
+    assert divergence(float("nan"), 0.7, 1000) and divergence(float("inf"), None, 1000)
+    assert divergence(701.0, 0.7, 1000) and not divergence(699.0, 0.7, 1000)
+    assert not divergence(5.0, 0.7, 1000) and not divergence(0.9, 1e-6, 1000)  # a loss <= 1 never diverges
+    assert not divergence(1e9, None, 1000)  # no reference yet: only non-finite counts
 
 
 def test_missing_data_file_names_the_path(tmp_path):

@@ -5,8 +5,11 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+
+import yaml
 
 from peftds.errors import PeftdsError
 
@@ -64,6 +67,64 @@ def expand_file_overrides(overrides: Sequence[str]) -> list[str]:
         paths = ",".join(f"file://{d}" for d in extra_dirs)
         out.append(f"hydra.searchpath=[{paths}]")
     return out
+
+
+def _override_value(overrides: Sequence[str], key: str) -> str | None:
+    for ov in overrides:
+        k, sep, value = ov.lstrip("+~").partition("=")
+        if sep and k == key:
+            return value
+    return None
+
+
+def design_file(value: str) -> Path:
+    """The YAML file a `design=<value>` override selects: a path, or conf/design/<value>.yaml."""
+    if value.endswith((".yaml", ".yml")) or os.sep in value:
+        return Path(value).expanduser()
+    return conf_dir() / "design" / f"{value}.yaml"
+
+
+def with_design_model(overrides: Sequence[str]) -> list[str]:
+    """`model=<m>` added when the selected design names the model it was made for (`model: <m>` in
+    its YAML) and the overrides select no model themselves: an explicit `model=` always wins."""
+    overrides = list(overrides)
+    design = _override_value(overrides, "design")
+    if design is None or _override_value(overrides, "model") is not None:
+        return overrides
+    path = design_file(design)
+    try:
+        made_for = (yaml.safe_load(path.read_text()) or {}).get("model")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return overrides  # composing reports a missing or broken design file with its own message
+    return [f"model={made_for}", *overrides] if isinstance(made_for, str) and made_for else overrides
+
+
+# Groups that config.yaml does not compose for every command: each command that reads one adds it.
+OPTIONAL_GROUPS = {"search": "default", "stage": "grouping", "space": "s0", "bench": "default"}
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group: the YAML files of conf/<group>/ (shared fragments left out)."""
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml") if p.stem != "base_hparams")
+
+
+def with_groups(overrides: Sequence[str], groups: Sequence[str]) -> list[str]:
+    """The overrides plus `+<group>=<option>` for each optional group the command reads: the user's
+    choice (`bench=gpu`) when given, else the group's default."""
+    out, chosen = [], {}
+    for ov in overrides:
+        key, sep, value = ov.lstrip("+").partition("=")
+        if sep and key in OPTIONAL_GROUPS and key in groups:
+            chosen[key] = value
+        else:
+            out.append(ov)
+    extra = [f"+{g}={chosen.get(g, OPTIONAL_GROUPS[g])}" for g in groups if g in OPTIONAL_GROUPS]
+    return extra + out
+
+
+def compose_for(groups: Sequence[str], overrides: Sequence[str]):
+    """The config a command with these groups composes (its optional groups added, a design's model)."""
+    return compose(with_groups(with_design_model(overrides), groups))
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config"):

@@ -16,45 +16,26 @@ Offline (``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE``) without local files fails a
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from peftds.config.compose import reject_unknown_keys
+from peftds.config.schema import convert
+from peftds.config.sections import DataConfig
 from peftds.errors import PeftdsError
 
-DATA_DEFAULTS: dict[str, Any] = {
-    "dir": None,
-    "source": "auto",
-    "max_train_samples": None,
-    "max_eval_samples": None,
-    "heldout": 0.1,
-    "heldout_max": 1000,
-    "seed": 0,
-}
 _CEDILLA_TO_COMMA = str.maketrans({"ş": "ș", "Ş": "Ș", "ţ": "ț", "Ţ": "Ț"})
 
 
 # ---------------------------------------------------------------------- config helpers
-def data_config(data_cfg: Any = None) -> dict[str, Any]:
-    """The data config as a plain dict with defaults filled in (accepts DictConfig, dict or None)."""
-    cfg = dict(DATA_DEFAULTS)
-    if data_cfg is not None:
-        try:
-            from omegaconf import DictConfig, OmegaConf
-
-            if isinstance(data_cfg, DictConfig):
-                data_cfg = OmegaConf.to_container(data_cfg, resolve=True)
-        except ImportError:  # pragma: no cover
-            pass
-        reject_unknown_keys(data_cfg, DATA_DEFAULTS, "data config")
-        cfg.update({k: v for k, v in dict(data_cfg).items()})
-    if cfg["source"] not in ("auto", "local", "hub"):
-        raise PeftdsError(f"data.source must be auto, local or hub, got '{cfg['source']}'")
-    if cfg["dir"] in ("", "null", "None"):
-        cfg["dir"] = None
+def data_config(data_cfg: Any = None) -> DataConfig:
+    """The typed data config, defaults filled in (takes a DataConfig, a mapping or None)."""
+    cfg = convert(DataConfig, data_cfg)
+    if cfg.dir in ("", "null", "None"):
+        cfg = dataclasses.replace(cfg, dir=None)
     return cfg
 
 
@@ -83,7 +64,7 @@ def _hub_desc(task: Any) -> str:
     return f"{hub.get('path', '?')}" + (f" ({hub['name']})" if hub.get("name") else "")
 
 
-def _offline_error(task: Any, cfg: dict[str, Any], missing: list[Path]) -> PeftdsError:
+def _offline_error(task: Any, cfg: DataConfig, missing: list[Path]) -> PeftdsError:
     if cfg["dir"] is None:
         where = "no local data folder is set"
     else:
@@ -130,7 +111,7 @@ def _load_file(path: Path, spec: Any) -> Any:
         raise PeftdsError(f"cannot read data file {path}: {msg}") from e
 
 
-def _load_local(task: Any, cfg: dict[str, Any]) -> dict[str, Any]:
+def _load_local(task: Any, cfg: DataConfig) -> dict[str, Any]:
     files = local_files(task, cfg["dir"])
     spec = task.local or {}
     if "file" in files:  # one file, split deterministically into train / validation
@@ -167,7 +148,7 @@ def _load_hub(task: Any) -> dict[str, Any]:
     return out
 
 
-def choose_source(task: Any, cfg: dict[str, Any]) -> str:
+def choose_source(task: Any, cfg: DataConfig) -> str:
     src = cfg["source"]
     files = local_files(task, cfg["dir"]) if cfg["dir"] is not None and task.local else {}
     missing = [p for p in files.values() if not p.is_file()]

@@ -15,6 +15,8 @@ from peftds.model.backbones import Backbone, build_model, count_trainable
 from peftds.design.budget import budget_params
 from peftds.config.compose import plain
 from peftds.design.plan import Design, Plan
+from peftds.config.schema import convert
+from peftds.config.sections import ModelConfig
 from peftds.errors import PeftdsError
 from peftds.files import PLAN_FILE, WEIGHTS_FILE
 from peftds.model.strategies import APPLY_ORDER, LayerShape, get_strategy
@@ -79,7 +81,7 @@ def resolve(backbone: Backbone, design_cfg: Mapping[str, Any], budget_fraction: 
     design = Design.from_config(design_cfg)
     n_backbone = backbone.backbone_params()
     plan = design.resolve(layer_shapes(backbone), n_backbone, budget_params(budget_fraction, n_backbone), seed=seed)
-    plan.model = dict(plain(model_cfg) or {})
+    plan.model = convert(ModelConfig, model_cfg).to_dict() if model_cfg is not None else {}
     return plan
 
 

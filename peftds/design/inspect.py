@@ -4,9 +4,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from peftds.config.compose import compose_for
 from peftds.design.apply import Built, build
+from peftds.errors import PeftdsError
 from peftds.model.backbones import count_trainable
 from peftds.model.strategies import get_strategy
+from peftds.run_config import RunConfig
 
 
 def report(built: Built, model_name: str) -> dict[str, Any]:
@@ -61,11 +64,18 @@ def table(rep: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def run(cfg) -> str:
-    """Build on the meta device unless asked otherwise: counts need shapes, not weights."""
-    device = cfg.get("inspect_device", "meta")
-    built = build(cfg.model, cfg.design, float(cfg.budget.fraction), num_labels=2, seed=int(cfg.seed),
-                  device=None if device in (None, "cpu") else device)
-    name = cfg.model.get("name_or_path") or cfg.model.get("arch")
-    rep = report(built, str(cfg.get("model_name") or name))
-    return json.dumps(rep) if cfg.format == "json" else table(rep)
+def run(run_cfg: RunConfig, fmt: str = "table") -> str:
+    """Build on the meta device: counts need shapes, not weights (works offline for hub models)."""
+    built = build(run_cfg.model, run_cfg.design_config, run_cfg.budget.fraction, num_labels=2, seed=run_cfg.seed,
+                  device="meta")
+    rep = report(built, run_cfg.model.name)
+    return json.dumps(rep) if fmt == "json" else table(rep)
+
+
+def cmd_inspect(argv: list[str]) -> int:
+    cfg = compose_for(("model", "budget", "design"), argv)
+    fmt = cfg.get("format")
+    if fmt not in ("table", "json"):
+        raise PeftdsError(f"format must be table or json, got {fmt!r}")
+    print(run(RunConfig.from_composed(cfg), fmt))
+    return 0

@@ -19,7 +19,7 @@ from peftds.errors import InfeasibleDesign, PeftdsError
 from peftds.design.grouping import PATTERNS, sample_grouping, satisfies
 from peftds.model.strategies import NAMES, LayerShape, get_strategy, strategy_label
 
-DESIGN_KEYS = {"name", "full", "grouping", "tuned", "allocation", "strategies", "hparams", "note"}
+DESIGN_KEYS = {"name", "model", "full", "grouping", "tuned", "allocation", "strategies", "hparams", "note"}
 GROUPING_KEYS = {"groups", "sizes", "pattern"}
 
 
@@ -36,6 +36,7 @@ class Design:
     allocation: str = "uniform"
     strategies: tuple[tuple[str, ...], ...] = ()  # one subset per group
     hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model: str | None = None  # the model (conf/model/<name>) the design was made for, if it names one
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "Design":
@@ -43,10 +44,13 @@ class Design:
         name = str(cfg.get("name", "custom"))
         reject_unknown_keys(cfg, DESIGN_KEYS, f"design '{name}'")
         hparams = {k: dict(v or {}) for k, v in (cfg.get("hparams") or {}).items()}
-        for strat, hp in hparams.items():
-            get_strategy(strat).hparams(hp)  # validates names
+        for strat in sorted(set(hparams) | set(NAMES)):
+            get_strategy(strat).hparams(hparams.get(strat))  # every strategy's, used by this design or not
+        model = cfg.get("model")
+        if model is not None and not isinstance(model, str):
+            raise PeftdsError(f"design '{name}': model must be a model name (conf/model/<name>), got {model!r}")
         if cfg.get("full"):
-            return cls(name=name, full=True, num_groups=1, strategies=(), hparams=hparams)
+            return cls(name=name, full=True, num_groups=1, strategies=(), hparams=hparams, model=model)
         grouping = dict(cfg.get("grouping") or {})
         unknown = set(grouping) - GROUPING_KEYS
         if unknown:
@@ -80,11 +84,12 @@ class Design:
             if len(set(subset)) != len(subset):
                 raise PeftdsError(f"design '{name}': group {g} repeats a strategy: {subset}")
             strategies.append(tuple(s for s in NAMES if s in subset))
-        return cls(name, False, k, sizes, pattern, tuned, allocation, tuple(strategies), hparams)
+        return cls(name, False, k, sizes, pattern, tuned, allocation, tuple(strategies), hparams, model)
 
     def to_config(self) -> dict[str, Any]:
+        made_for = {"model": self.model} if self.model else {}
         if self.full:
-            return {"name": self.name, "full": True, "hparams": self.hparams}
+            return {"name": self.name, **made_for, "full": True, "hparams": self.hparams}
         grouping: dict[str, Any] = {"groups": self.num_groups}
         if self.sizes is not None:
             grouping["sizes"] = list(self.sizes)
@@ -92,6 +97,7 @@ class Design:
             grouping["pattern"] = self.pattern
         return {
             "name": self.name,
+            **made_for,
             "grouping": grouping,
             "tuned": "all" if self.tuned is None else list(self.tuned),
             "allocation": self.allocation,

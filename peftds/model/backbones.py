@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from peftds.config.schema import convert
+from peftds.config.sections import ModelConfig
 from peftds.errors import PeftdsError
 
 ENCODER, DECODER = "encoder", "decoder"
@@ -191,7 +193,8 @@ def model_kind(model_type: str) -> str:
 
 def is_seq2seq(model_cfg: Any) -> bool:
     """Whether a model config is text-to-text: from ``model.arch`` when given, else from its HF config."""
-    arch = model_cfg.get("arch")
+    model_cfg = convert(ModelConfig, model_cfg)
+    arch = model_cfg.arch
     model_type = arch if arch else hf_config(model_cfg, allow_fallback=False)[0].model_type
     return family_of(model_type).seq2seq
 
@@ -216,14 +219,14 @@ def hf_config(model_cfg: Any, allow_fallback: bool):
     With ``allow_fallback`` (shape-only builds) an unreachable pretrained config falls back to the shape."""
     from transformers import AutoConfig
 
-    name = model_cfg.get("name_or_path")
-    arch = model_cfg.get("arch")
-    if name and model_cfg.get("pretrained", True):
+    model_cfg = convert(ModelConfig, model_cfg)
+    name, arch = model_cfg.name_or_path, model_cfg.arch
+    if name and model_cfg.pretrained:
         try:
             return AutoConfig.from_pretrained(resolve_path(name)), True
         except OSError as e:
             if not (allow_fallback and arch):
-                raise PeftdsError(f"cannot load model '{name}': {str(e).splitlines()[0]}") from e
+                raise PeftdsError(f"cannot load model {model_cfg.name} ('{name}'): {str(e).splitlines()[0]}") from e
     if not arch:
         raise PeftdsError("model config needs model.name_or_path (pretrained) or model.arch + model.shape")
     try:
@@ -244,6 +247,7 @@ def build_model(model_cfg: Any, num_labels: int | None = None, device: str | tor
     """
     from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
+    model_cfg = convert(ModelConfig, model_cfg)
     meta = str(device) == "meta"
     config, pretrained = hf_config(model_cfg, allow_fallback=meta)
     fam = family_of(config.model_type)

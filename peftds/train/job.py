@@ -8,74 +8,79 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from peftds.config.compose import compose, conf_dir, expand_file_overrides, with_design_model
+from peftds.data.batching import Collator, default_buckets
+from peftds.data.loading import encode, load_splits, references
+from peftds.data.metrics import compute_metrics
+from peftds.design.apply import build, save_trained
 from peftds.errors import PeftdsError
-from peftds.files import git_commit, versions
+from peftds.files import DESIGN_DIR, git_commit, versions
+from peftds.model.backbones import hf_config, is_seq2seq
+from peftds.run_config import RunConfig
 from peftds.train.evaluation import predict
 from peftds.train.record import RunRecord, peak_memory_mb, summary_line
 from peftds.train.setup import load_tokenizer, quiet_libraries
-from peftds.train.trainer import NonFiniteLoss, trainer_classes
+from peftds.train.trainer import Diverged, trainer_classes
 
 CLI_COMMANDS: dict[str, Any] = {}
 
 
-def run_dir_of(cfg) -> Path:
-    try:
-        from hydra.core.hydra_config import HydraConfig
+def hydra_run_dir() -> Path | None:
+    """The run dir of the Hydra job this process runs (None outside a Hydra job)."""
+    from hydra.core.hydra_config import HydraConfig
 
+    try:
         return Path(HydraConfig.get().runtime.output_dir)
-    except (ValueError, ImportError):
-        return Path(cfg.train.get("output_dir") or "outputs/train/manual")
+    except ValueError:
+        return None
 
 
-def train_job(cfg, run_dir: Path | None = None) -> dict[str, Any]:
-    """Train cfg.design on cfg.task; returns the result record (also written to result.json)."""
-    from omegaconf import OmegaConf
-
+def train_job(run: RunConfig, run_dir: Path | None = None) -> dict[str, Any]:
+    """Train run.design on run.task; returns the result record (also written to result.json)."""
+    if not isinstance(run, RunConfig):  # TRANSITIONAL: search trials still pass the composed config
+        run = RunConfig.from_composed(run)
     start = time.time()
-    run_dir = Path(run_dir or run_dir_of(cfg))
-    rec = RunRecord(run_dir, task=cfg.task.get("name"), design=cfg.design.get("name"), seed=int(cfg.seed),
-                    config=OmegaConf.to_container(cfg, resolve=True), versions=versions(), git_commit=git_commit(),
-                    trial=OmegaConf.to_container(cfg.trial) if cfg.get("trial") else None)
+    run_dir = Path(run_dir or hydra_run_dir() or run.train.output_dir or "outputs/train/manual")
+    rec = RunRecord(run_dir, task=run.task.name if run.task else None, design=run.design.name, seed=run.seed,
+                    config=run.config, versions=versions(), git_commit=git_commit(), trial=run.trial)
     try:
-        _train(cfg, run_dir, rec, start)
+        _train(run, run_dir, rec, start)
     except KeyboardInterrupt:
         rec.update(status="interrupted", error="interrupted by the user", wall_time_s=time.time() - start)
         raise
-    except (PeftdsError, NonFiniteLoss) as e:
+    except Diverged as e:
+        rec.update(status="diverged", error=str(e), wall_time_s=time.time() - start)
+    except PeftdsError as e:
         rec.update(status="failed", error=str(e), wall_time_s=time.time() - start)
     except Exception as e:  # a crashed trial must not lose its record (the search goes on)
         rec.update(status="failed", error=f"{type(e).__name__}: {e}", wall_time_s=time.time() - start)
-        if not cfg.train.get("catch_errors", True):
+        if not run.train.catch_errors:
             raise
     return rec.data
 
 
-def _train(cfg, run_dir: Path, rec: RunRecord, start: float) -> None:
+def _train(run: RunConfig, run_dir: Path, rec: RunRecord, start: float) -> None:
     from transformers import TrainingArguments, set_seed
 
-    from peftds.design.apply import build, save_trained
-    from peftds.model.backbones import is_seq2seq
-    from peftds.data.batching import Collator, default_buckets
-    from peftds.data.loading import encode, load_splits, references
-    from peftds.data.metrics import compute_metrics
-    from peftds.data.tasks import Task
-
     quiet_libraries()
-    tc = cfg.train
-    seed = int(cfg.seed)
+    tc = run.train
+    seed = run.seed
     set_seed(seed)
-    task = Task.from_config(cfg.task)
-    seq2seq = is_seq2seq(cfg.model)
+    task = run.task
+    if task is None:
+        raise PeftdsError("no task selected (task=<name>)")
+    seq2seq = is_seq2seq(run.model)
     if not seq2seq and task.kind == "generation":
-        raise PeftdsError(f"task '{task.name}' needs a text-to-text model; model.arch '{cfg.model.get('arch')}' "
-                          "is encoder-only")
-    tokenizer = load_tokenizer(cfg.model, seq2seq)
-    splits = load_splits(task, cfg.data)
+        raise PeftdsError(f"task '{task.name}' needs a text-to-text model; model {run.model.name} "
+                          f"({run.model.arch}) is encoder-only")
+    tokenizer = load_tokenizer(run.model, seq2seq)
+    splits = load_splits(task, run.data)
     eval_split = tc.eval_split
     if eval_split not in splits:
         raise PeftdsError(f"train.eval_split '{eval_split}' is not a split of task '{task.name}' ({list(splits)})")
@@ -92,12 +97,12 @@ def _train(cfg, run_dir: Path, rec: RunRecord, start: float) -> None:
     eval_ds, refs = evals[eval_split]
 
     num_labels = None if seq2seq else task.num_labels
-    built = build(cfg.model, cfg.design, float(cfg.budget.fraction), num_labels=num_labels, seed=seed)
+    built = build(run.model, run.design_config, run.budget.fraction, num_labels=num_labels, seed=seed)
     model, plan = built.model, built.plan
     if seq2seq and model.config.vocab_size < len(tokenizer):
         raise PeftdsError(f"model vocab ({model.config.vocab_size}) is smaller than the tokenizer ({len(tokenizer)})")
     rec.update(
-        model=cfg.get("model_name") or cfg.model.get("name_or_path") or cfg.model.get("arch"),
+        model=run.model.name,
         plan={"compact": plan.compact(), "digest": plan.digest(), "groups": plan.groups, "tuned": plan.tuned,
               "allocation": plan.allocation, "strategies": plan.strategies,
               "layers": [{"group": lp.group, **lp.modules} for lp in plan.layers]},
@@ -135,6 +140,7 @@ def _train(cfg, run_dir: Path, rec: RunRecord, start: float) -> None:
         eval_strategy="epoch" if int(tc.max_steps) <= 0 else "no",
         save_strategy="no",
         logging_steps=int(tc.logging_steps),
+        logging_first_step=True,  # the divergence rule compares against the loss before any update
         logging_nan_inf_filter=False,
         report_to=list(tc.report_to) if not isinstance(tc.report_to, str) else tc.report_to,
         seed=seed,
@@ -152,7 +158,7 @@ def _train(cfg, run_dir: Path, rec: RunRecord, start: float) -> None:
                                or (default_buckets(src_len) if tc.get("compile") else None)),
         lengths=train_ds["length"], eval_fn=eval_fn, length_grouped=bool(tc.length_grouped),
         compile=bool(tc.get("compile", False)),
-        callbacks=[guard()],
+        callbacks=[guard(tc.divergence, tc.lr)],
     )
     t0 = time.time()
     out = trainer.train()
@@ -164,26 +170,29 @@ def _train(cfg, run_dir: Path, rec: RunRecord, start: float) -> None:
     real_tokens = sum(train_ds["length"])
     epochs_done = float(trainer.state.epoch or 0)
     if tc.save_params:
-        save_trained(built, run_dir / "design", extra={"task": task.name})
+        save_trained(built, run_dir / DESIGN_DIR, extra={"task": task.name})
     rec.update(
         status="ok", train_loss=out.training_loss,
-        loss_history=[[h["step"], h["loss"]] for h in trainer.state.log_history if "loss" in h], train_runtime_s=train_time, steps=trainer.state.global_step,
+        loss_history=[[h["step"], h["loss"]] for h in trainer.state.log_history if "loss" in h],
+        train_runtime_s=train_time,
+        steps=trainer.state.global_step,
         train_tokens_per_s=real_tokens * epochs_done / max(train_time, 1e-9), peak_memory_mb=peak_memory_mb(),
         wall_time_s=time.time() - start,
     )
 
 
-def run_hydra(task_fn, argv: list[str], job_name: str):
+def run_hydra(task_fn: Callable[[Any], Any], argv: list[str], job_name: str) -> Any:
     """Run `task_fn(cfg)` as a Hydra app (run dir, logging, launchers) with these overrides."""
     import hydra
 
-    from peftds.config.compose import compose, conf_dir, expand_file_overrides
-
-    compose(argv)  # validate first: a bad override is one clear line, before any Hydra output
+    argv = with_design_model(argv)
+    run = RunConfig.from_composed(compose(argv))  # check first: a bad value is one line, before any Hydra output
+    if run.model.pretrained and run.model.name_or_path:
+        hf_config(run.model, allow_fallback=False)  # an unreachable model (e.g. offline) fails here, in one line
     result: dict[str, Any] = {}
 
     @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
-    def _app(cfg):
+    def _app(cfg: Any) -> Any:
         result["value"] = task_fn(cfg)
         return result["value"]
 
@@ -197,14 +206,7 @@ def run_hydra(task_fn, argv: list[str], job_name: str):
 
 
 def cmd_train(argv: list[str]) -> int:
-    def job(cfg):
-        from omegaconf import open_dict
-
-        with open_dict(cfg):
-            cfg.model_name = next((a.split("=", 1)[1] for a in argv if a.startswith("model=")), "minilm_l6")
-        return train_job(cfg)
-
-    rec = run_hydra(job, argv, "train")
+    rec = run_hydra(lambda cfg: train_job(RunConfig.from_composed(cfg)), argv, "train")
     if rec is None:
         return 1
     print(summary_line(rec))

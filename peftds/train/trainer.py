@@ -9,12 +9,26 @@ import torch
 from peftds.data.batching import LengthGroupedBatchSampler
 
 
-class NonFiniteLoss(RuntimeError):
-    """The training loss became non-finite."""
+class Diverged(RuntimeError):
+    """The training loss diverged: non-finite, or far above its first logged value."""
+
+
+def divergence(loss: float, first: float | None, factor: float) -> str | None:
+    """Why a logged training loss counts as diverged (None when it does not).
+
+    The rule: a non-finite loss, or a loss above `factor` times the first logged loss (the loss of
+    step 1, logged before any update moved the model) and above 1, so that a tiny first loss does not
+    make ordinary noise look like divergence.
+    """
+    if not math.isfinite(loss):
+        return f"non-finite training loss ({loss})"
+    if first is not None and math.isfinite(first) and loss > factor * max(first, 1e-12) and loss > 1.0:
+        return f"training loss {loss:.3g} is over {factor:g}x the first logged loss {first:.3g}"
+    return None
 
 
 def trainer_classes():
-    """(PeftdsTrainer, FiniteLossGuard), made on first use so that importing peftds stays light."""
+    """(PeftdsTrainer, LossGuard), made on first use so that importing peftds stays light."""
     from transformers import Trainer, TrainerCallback
 
     class PeftdsTrainer(Trainer):
@@ -53,12 +67,20 @@ def trainer_classes():
             self.model.train()
             return metrics
 
-    class FiniteLossGuard(TrainerCallback):
-        """Stop at the first logged non-finite loss (HF would otherwise train on NaNs)."""
+    class LossGuard(TrainerCallback):
+        """Stop at the first logged loss that diverges (HF would otherwise train on NaNs or explode)."""
+
+        def __init__(self, factor: float, lr: float) -> None:
+            self.factor, self.lr, self.first = factor, lr, None
 
         def on_log(self, args, state, control, logs=None, **kw):
             loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(loss):
-                raise NonFiniteLoss(f"non-finite training loss ({loss}) at step {state.global_step}")
+            if loss is None:
+                return
+            why = divergence(loss, self.first, self.factor)
+            if why:
+                raise Diverged(f"{why} at step {state.global_step}: lower the learning rate (train.lr={self.lr:g})")
+            if self.first is None:
+                self.first = loss
 
-    return PeftdsTrainer, FiniteLossGuard
+    return PeftdsTrainer, LossGuard

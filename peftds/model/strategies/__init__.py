@@ -29,4 +29,4 @@ def get_strategy(name: str) -> Strategy:
         raise PeftdsError(f"unknown strategy '{name}' (known: {', '.join(NAMES)})") from None
 
 
-__all__ = ["STRATEGIES", "APPLY_ORDER", "NAMES", "LETTERS", "LETTERS_NOTE", "strategy_label", "get_strategy", "Strategy", "LayerShape", "AttnShape"]
+__all__ = ["APPLY_ORDER", "LETTERS", "LETTERS_NOTE", "NAMES", "STRATEGIES", "AttnShape", "LayerShape", "Strategy", "get_strategy", "strategy_label"]

@@ -28,14 +28,17 @@ already there and with BitFit biases on the innermost Linear).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftds.model.backbones import Backbone, Layer
+from peftds.config.schema import Section, convert, setting
 from peftds.errors import PeftdsError
+from peftds.model.backbones import Backbone, Layer
 from peftds.model.strategies.base import LayerShape, Strategy
 from peftds.model.strategies.lora import LinearWrapper, innermost_linear
 
@@ -95,15 +98,16 @@ class AdapterWrapped(LinearWrapper):
         return f"variant={self.variant}"
 
 
+@dataclass(frozen=True)
+class AdapterConfig(Section):
+    placement: str = setting("ffn", "adapter sites: after the FFN, after attention, or both", choices=PLACEMENTS)
+    activation: str = setting("relu", "bottleneck nonlinearity", choices=tuple(ACTIVATIONS))
+    variant: str = setting("sequential", "sequential (Houlsby) or parallel (He et al.)", choices=VARIANTS)
+
+
 def _check(hp: Mapping[str, Any]) -> tuple[str, str, str]:
-    placement, activation, variant = hp["placement"], hp["activation"], hp["variant"]
-    if placement not in PLACEMENTS:
-        raise PeftdsError(f"adapter.placement must be one of {', '.join(PLACEMENTS)} (got {placement!r})")
-    if activation not in ACTIVATIONS:
-        raise PeftdsError(f"adapter.activation must be one of {', '.join(ACTIVATIONS)} (got {activation!r})")
-    if variant not in VARIANTS:
-        raise PeftdsError(f"adapter.variant must be one of {', '.join(VARIANTS)} (got {variant!r})")
-    return placement, activation, variant
+    c = convert(AdapterConfig, hp, "design.hparams.adapter")
+    return c.placement, c.activation, c.variant
 
 
 def _ffn_input_linear(layer: Layer) -> nn.Module:
@@ -123,7 +127,7 @@ class Adapter(Strategy):
     letter = "A"
     size_symbol = "b"
     scalable = True
-    defaults = {"placement": "ffn", "activation": "relu", "variant": "sequential"}
+    config = AdapterConfig
 
     def cost(self, shape: LayerShape, size: int, hp: Mapping[str, Any]) -> int:
         placement, _, _ = _check(hp)

@@ -8,9 +8,11 @@ is built, and peftds.design.apply checks the built model's ``requires_grad`` cou
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
+from peftds.config.schema import Section, convert
 from peftds.model.backbones import Backbone, Layer
 
 
@@ -34,7 +36,7 @@ class LayerShape:
     norm_biases: tuple[int, ...]  # size of each norm layer's bias (norms without bias omitted)
 
     @classmethod
-    def of(cls, layer: Layer) -> "LayerShape":
+    def of(cls, layer: Layer) -> LayerShape:
         attns = []
         for site in layer.attentions:
             dims = {}
@@ -59,17 +61,15 @@ class Strategy(ABC):
     letter: str  # one capital in compact design strings, e.g. "A+L"
     size_symbol: str | None = None  # the size's symbol (b, p, r); None for a fixed-cost strategy
     scalable: bool = True  # False: fixed cost (BitFit)
-    defaults: Mapping[str, Any] = {}  # hyper-parameters (overridable per design)
+    config: type[Section]  # typed hyper-parameters (overridable per design as design.hparams.<name>)
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return convert(self.config, {}, f"design.hparams.{self.name}").to_dict()
 
     def hparams(self, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-        hp = dict(self.defaults)
-        for k, v in (overrides or {}).items():
-            if k not in hp:
-                from peftds.errors import PeftdsError
-
-                raise PeftdsError(f"unknown {self.name} hyper-parameter '{k}' (known: {', '.join(sorted(hp))})")
-            hp[k] = v
-        return hp
+        """The hyper-parameters with defaults filled in; unknown keys and bad values raise PeftdsError."""
+        return convert(self.config, overrides, f"design.hparams.{self.name}").to_dict()
 
     @abstractmethod
     def cost(self, shape: LayerShape, size: int, hp: Mapping[str, Any]) -> int:

@@ -8,20 +8,29 @@ the norm bias sizes.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from peftds.config.schema import Section
 from peftds.model.backbones import Backbone, Layer
 from peftds.model.strategies.base import LayerShape, Strategy
 from peftds.model.strategies.lora import innermost_linear
+
+
+@dataclass(frozen=True)
+class BitFitConfig(Section):
+    """BitFit has no hyper-parameters."""
 
 
 class BitFit(Strategy):
     name = "bitfit"
     letter = "B"
     scalable = False
+    config = BitFitConfig
     defaults: Mapping[str, Any] = {}
 
     def cost(self, shape: LayerShape, size: int, hp: Mapping[str, Any]) -> int:

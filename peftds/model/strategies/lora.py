@@ -14,14 +14,17 @@ them (T5's FFN checks ``self.wo.weight.dtype``) and so do cost formulas.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftds.model.backbones import Backbone, Layer
+from peftds.config.schema import Section, setting
 from peftds.errors import PeftdsError
+from peftds.model.backbones import Backbone, Layer
 from peftds.model.strategies.base import LayerShape, Strategy
 
 GENERIC_PROJECTIONS = ("q", "k", "v", "o")
@@ -91,6 +94,18 @@ class LoRALinear(LinearWrapper):
         return f"rank={self.rank}, scaling={self.scaling:g}"
 
 
+@dataclass(frozen=True)
+class LoRAConfig(Section):
+    targets: list[str] | str = setting(["q", "v"], "attention projections to adapt: any of q, k, v, o (or 'q,v')")
+    alpha: int | float = setting(16, "scaling numerator: the update is scaled by alpha / r", gt=0.0)
+    dropout: float = setting(0.0, "dropout on the LoRA input", ge=0.0, lt=1.0)
+
+    def check(self, where: str) -> None:
+        names = [s.strip() for s in self.targets.split(",")] if isinstance(self.targets, str) else self.targets
+        if not names or any(t not in GENERIC_PROJECTIONS for t in names) or len(set(names)) != len(names):
+            raise PeftdsError(f"{where}.targets must be distinct names among q, k, v, o, got {self.targets!r}")
+
+
 def _targets(hp: Mapping[str, Any]) -> list[str]:
     t = hp["targets"]
     if isinstance(t, str):
@@ -115,7 +130,7 @@ class LoRA(Strategy):
     letter = "L"
     size_symbol = "r"
     scalable = True
-    defaults = {"targets": ["q", "v"], "alpha": 16, "dropout": 0.0}
+    config = LoRAConfig
 
     def cost(self, shape: LayerShape, size: int, hp: Mapping[str, Any]) -> int:
         targets = _targets(hp)

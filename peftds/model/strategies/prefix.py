@@ -38,13 +38,16 @@ from __future__ import annotations
 
 import sys
 import weakref
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from peftds.model.backbones import Backbone, Layer
+from peftds.config.schema import Section, setting
 from peftds.errors import PeftdsError
+from peftds.model.backbones import Backbone, Layer
 from peftds.model.strategies.base import LayerShape, Strategy
 from peftds.model.strategies.lora import innermost_linear
 
@@ -250,12 +253,19 @@ def use_prefix_attention(model: nn.Module) -> None:
 
 
 # --------------------------------------------------------------------------- strategy
+@dataclass(frozen=True)
+class PrefixConfig(Section):
+    reparam: bool = setting(False, "MLP reparametrisation (its parameters count against the budget)")
+    reparam_hidden: int = setting(64, "hidden width of the reparametrisation MLP", ge=1)
+    init_std: float = setting(0.02, "std of the prefix vectors' normal initialisation", ge=0.0)
+
+
 class Prefix(Strategy):
     name = "prefix"
     letter = "P"
     size_symbol = "p"
     scalable = True
-    defaults = {"reparam": False, "reparam_hidden": 64, "init_std": 0.02}
+    config = PrefixConfig
 
     def cost(self, shape: LayerShape, size: int, hp: Mapping[str, Any]) -> int:
         kv = sum(2 * a.num_heads * a.head_dim for a in shape.attentions)

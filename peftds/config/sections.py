@@ -1,0 +1,178 @@
+"""The typed sections of the config tree (conf/<group>/*.yaml): types, ranges and help per key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from peftds.config.schema import Section, setting
+from peftds.errors import PeftdsError
+
+
+@dataclass(frozen=True)
+class BudgetConfig(Section):
+    section = "budget"
+    fraction: float = setting(0.005, "trainable-parameter budget as a fraction of the backbone", gt=0.0, lt=1.0)
+
+
+@dataclass(frozen=True)
+class ModelConfig(Section):
+    section = "model"
+    name: str = setting("model", "the model's short name (conf/model/<name>.yaml), shown in records and tables")
+    name_or_path: str | None = setting(None, "hub id, local folder or pkg:<module> of the pretrained model")
+    pretrained: bool = setting(True, "load pretrained weights (false: random init from arch + shape)")
+    tokenizer: str | None = setting(None, "tokenizer hub id/folder/pkg:<module> (null: the model's own)")
+    arch: str | None = setting(None, "transformers model type", choices=("t5", "bart", "bert", "roberta"))
+    shape: dict[str, Any] = setting({}, "config kwargs of a random-init build (d_model, num_layers, ...)")
+    init_seed: int = setting(0, "seed of a random-init build")
+    batch_size: int = setting(32, "default training batch size for this model (train.batch_size)", ge=1)
+    attn_implementation: str = setting("sdpa", "attention kernel", choices=("sdpa", "eager", "flash_attention_2"))
+
+    def check(self, where: str) -> None:
+        if not self.name_or_path and not self.arch:
+            raise PeftdsError(f"{where}: needs name_or_path (pretrained) or arch + shape (random init)")
+
+
+@dataclass(frozen=True)
+class DataConfig(Section):
+    section = "data"
+    dir: str | None = setting(None, "local data folder (glue/<task>/train.jsonl, ...); default $PEFTDS_DATA")
+    source: str = setting("auto", "auto: local files when present, else the hub", choices=("auto", "local", "hub"))
+    max_train_samples: int | None = setting(None, "seeded subsample of the training rows (null: all)", ge=1)
+    max_eval_samples: int | None = setting(None, "seeded subsample of each dev split (null: all)", ge=1)
+    heldout: float | None = setting(0.1, "held-out slice of train for search scoring: a fraction < 1 or a row count", ge=0)
+    heldout_max: int | None = setting(1000, "cap on the held-out rows", ge=0)
+    seed: int = setting(0, "seed of the held-out carve-out and the subsamples")
+
+    def check(self, where: str) -> None:
+        if self.heldout is not None and self.heldout >= 1 and self.heldout != int(self.heldout):
+            raise PeftdsError(f"{where}.heldout must be a fraction < 1 or a whole row count, got {self.heldout}")
+
+
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+
+
+@dataclass(frozen=True)
+class TrainConfig(Section):
+    section = "train"
+    epochs: int = setting(3, "training epochs", ge=1)
+    max_steps: int = setting(-1, "> 0: stop after this many optimizer steps (then evaluate once); -1: off", ge=-1)
+    lr: float = setting(1e-3, "peak learning rate", gt=0.0)
+    batch_size: int = setting(32, "training batch size (default: model.batch_size)", ge=1)
+    eval_batch_size: int = setting(64, "evaluation batch size", ge=1)
+    grad_accum: int = setting(1, "gradient accumulation steps", ge=1)
+    scheduler: str = setting("linear", "learning-rate schedule", choices=SCHEDULERS)
+    warmup_ratio: float = setting(0.06, "share of the steps spent warming up", ge=0.0, lt=1.0)
+    weight_decay: float = setting(0.0, "AdamW weight decay", ge=0.0)
+    bf16: bool | str = setting("auto", "bf16 autocast: auto (on a GPU that supports it) | true | false")
+    eval_split: str = setting("validation", "scored split: validation (dev) or heldout (a slice of train)")
+    max_source_len: int | None = setting(None, "input token limit (null: the task's own)", ge=1)
+    max_target_len: int | None = setting(None, "target token limit (null: the task's own)", ge=1)
+    length_grouped: bool = setting(True, "length-sorted batches in shuffled order with dynamic padding")
+    length_buckets: list[int] | None = setting(None, "pad each batch up to one of these lengths (bounded recompiles)")
+    compile: bool = setting(False, "torch.compile the training forward")
+    logging_steps: int = setting(10, "log the training loss every this many steps", ge=1)
+    report_to: str | list[str] = setting("none", "HF integrations to report to (none, tensorboard, wandb, ...)")
+    progress: bool = setting(True, "progress bar with steps and ETA")
+    save_params: bool = setting(True, "save the trained strategy params + plan into <run dir>/design")
+    catch_errors: bool = setting(True, "record a crash as status failed instead of raising")
+    output_dir: str | None = setting(None, "run dir when not run through Hydra")
+    divergence: float = setting(
+        1000.0, "stop as diverged when a logged loss exceeds this many times the first logged loss", gt=1.0
+    )
+
+    def check(self, where: str) -> None:
+        if isinstance(self.bf16, str) and self.bf16 != "auto":
+            raise PeftdsError(f"{where}.bf16 must be auto, true or false, got {self.bf16!r}")
+        if self.eval_split not in ("validation", "heldout"):
+            raise PeftdsError(f"{where}.eval_split must be validation or heldout, got {self.eval_split!r}")
+        if self.max_steps == 0:
+            raise PeftdsError(f"{where}.max_steps must be -1 (off) or >= 1, got 0")
+        if self.length_buckets is not None and (not self.length_buckets or min(self.length_buckets) < 1):
+            raise PeftdsError(f"{where}.length_buckets must be positive lengths, got {self.length_buckets}")
+
+
+@dataclass(frozen=True)
+class SearchConfig(Section):
+    section = "search"
+    n: int = setting(100, "designs sampled per option", ge=1)
+    epochs: int = setting(3, "training epochs per trial", ge=1)
+    task_set: str = setting("glue", "conf/task_set/<name>.yaml: the tasks a design is scored on")
+    tasks: list[str] | None = setting(None, "explicit task list (overrides task_set)")
+    seed: int = setting(0, "sampling seed: every draw is reproducible from (seed, stage, option, index)")
+    min_ok: float = setting(0.5, "designs with every task ok an option needs: a count, or a share of n if < 1", gt=0)
+    bootstrap: int = setting(2000, "bootstrap resamples for an option's 95% interval", ge=1)
+    max_draws: int = setting(200, "redraws per sample index before an option counts as exhausted", ge=1)
+    batch_size: int | None = setting(None, "trials handed to the launcher at once (null: launcher's default)", ge=1)
+    retry_failed: bool = setting(False, "on resume, re-run trials recorded as failed")
+    trial_threads: int | None = setting(None, "torch threads per trial (null: torch's default)", ge=1)
+    gpu_slots: int | None = setting(None, "GPUs of this machine for hydra/launcher=joblib: one GPU per worker", ge=1)
+    save_params: bool = setting(False, "keep each trial's trained parameters")
+    report: bool = setting(True, "write report.md + plots into every stage dir when it ends")
+    dir: str | None = setting(None, "search dir (null: outputs/search/<stage>/run-<hash>); an existing one resumes")
+
+
+@dataclass(frozen=True)
+class BenchDataConfig(Section):
+    section = "bench.data"
+    tasks: list[str] = setting(["sst2", "cola", "rte"], "tasks whose full training sets are measured")
+    batch_size: int = setting(32, "batch size of the batching schemes", ge=1)
+    max_len: int | None = setting(None, "fixed-padding length (null: the task's max_source_len)", ge=1)
+    mega_batches: int | None = setting(None, "length-grouping mega-batch factor (null: the sampler's default)", ge=1)
+    seed: int = setting(0, "shuffling seed")
+    time_tasks: list[str] = setting(["sst2", "rte"], "tasks whose epoch time is measured per scheme")
+    time_samples: int = setting(256, "training examples of a timed epoch", ge=1)
+
+
+@dataclass(frozen=True)
+class BenchEvalConfig(Section):
+    section = "bench.eval"
+    samples: int = setting(256, "dev examples of the task", ge=1)
+    batch_size: int = setting(64, "evaluation batch size", ge=1)
+    run: str | None = setting(None, "a trained run dir to load (null: the backbone, fine-tuned briefly)")
+    train_steps: int = setting(400, "full fine-tuning steps before timing (so a random model emits label words)", ge=0)
+    train_batch_size: int = setting(16, "batch size of those steps", ge=1)
+    train_lr: float = setting(3e-3, "learning rate of those steps", gt=0.0)
+
+
+BENCH_VARIANTS = ("design", "peft_lora", "floor", "full", "forward")
+
+
+@dataclass(frozen=True)
+class BenchConfig(Section):
+    section = "bench"
+    batch_size: int = setting(8, "batch of the timed steps", ge=1)
+    source_len: int = setting(64, "source length of the random batch", ge=1)
+    target_len: int = setting(8, "target length (text-to-text models)", ge=1)
+    steps: int = setting(10, "timed rounds (the median is reported)", ge=1)
+    warmup: int = setting(3, "untimed rounds first", ge=0)
+    seed: int = setting(0, "seed of the random batch")
+    lr: float = setting(1e-4, "AdamW learning rate of the timed steps", gt=0.0)
+    device: str = setting("auto", "auto | cpu | cuda", choices=("auto", "cpu", "cuda"))
+    bf16: bool | str = setting("auto", "bf16 autocast: auto | true | false")
+    threads: int | None = setting(1, "CPU torch threads while timing (null: torch's default)", ge=1)
+    variants: list[str] = setting(list(BENCH_VARIANTS), "variants timed side by side")
+    designs: list[str] = setting([], "more designs timed in the same run (names or YAML paths)")
+    lora_alpha: float = setting(16, "alpha of the peft LoRA comparison", gt=0.0)
+    compile: bool = setting(False, "also time the torch.compile'd step of compile_variants")
+    compile_mode: str | None = setting(None, "torch.compile mode (null: default)")
+    compile_variants: list[str] = setting(["design"], "variants compiled when compile=true")
+    check_outputs: bool = setting(True, "compare compiled and eager outputs on the bench batch")
+    memory: bool = setting(True, "one more step per variant measures its peak memory")
+    epoch: bool = setting(False, "`peftds bench` also runs the bench-data report")
+    out: str | None = setting(None, "JSON path (null: <run dir>/<command>.json)")
+    data: BenchDataConfig = setting(BenchDataConfig(), "`peftds bench-data` settings")
+    eval: BenchEvalConfig = setting(BenchEvalConfig(), "`peftds bench-eval` settings")
+
+    def check(self, where: str) -> None:
+        for key, names in (("variants", self.variants), ("compile_variants", self.compile_variants)):
+            bad = [v for v in names if v not in BENCH_VARIANTS]
+            if bad:
+                raise PeftdsError(f"{where}.{key}: unknown variant(s) {bad} (known: {', '.join(BENCH_VARIANTS)})")
+        if isinstance(self.bf16, str) and self.bf16 != "auto":
+            raise PeftdsError(f"{where}.bf16 must be auto, true or false, got {self.bf16!r}")
+
+
+SECTIONS: dict[str, type[Section]] = {
+    cls.section: cls for cls in (BudgetConfig, ModelConfig, DataConfig, TrainConfig, SearchConfig, BenchConfig)
+}

@@ -1,0 +1,67 @@
+"""A command's composed config turned into typed objects, once, at the command's entry.
+
+Below this point no module sees an OmegaConf object: a training job takes a :class:`RunConfig`
+(typed model, budget, design, task, data and training settings). Building one checks every section,
+so a bad value stops here, before any model or dataset loads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from peftds.config.schema import convert
+from peftds.config.sections import BudgetConfig, DataConfig, ModelConfig, TrainConfig
+from peftds.data.tasks import Task
+from peftds.design.plan import Design
+from peftds.errors import PeftdsError
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run (or an inspect) needs, typed and checked."""
+
+    model: ModelConfig
+    budget: BudgetConfig
+    design: Design
+    design_config: dict[str, Any]  # the design as configured (what a run records and a search writes)
+    task: Task | None
+    data: DataConfig
+    train: TrainConfig
+    seed: int = 42
+    trial: dict[str, Any] | None = None  # set for a search trial: its identity
+    config: dict[str, Any] = field(default_factory=dict, compare=False)  # the whole resolved config, for records
+
+    @classmethod
+    def from_composed(cls, cfg: Any) -> RunConfig:
+        """Check and convert a composed config (OmegaConf or plain mapping)."""
+        from omegaconf import OmegaConf
+
+        try:
+            plain = OmegaConf.to_container(cfg, resolve=True) if hasattr(cfg, "_metadata") else dict(cfg)
+        except Exception as e:  # an interpolation that cannot resolve, e.g. a missing environment variable
+            raise PeftdsError(f"config: {str(e).splitlines()[0]}") from None
+        return cls.from_mapping(plain)
+
+    @classmethod
+    def from_mapping(cls, plain: Mapping[str, Any]) -> RunConfig:
+        plain = dict(plain)
+        plain.pop("hydra", None)
+        seed = plain.get("seed", 42)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise PeftdsError(f"seed must be an integer, got {seed!r}")
+        design_cfg = dict(plain.get("design") or {})
+        task_cfg = plain.get("task")
+        return cls(
+            model=convert(ModelConfig, plain.get("model")),
+            budget=convert(BudgetConfig, plain.get("budget")),
+            design=Design.from_config(design_cfg),
+            design_config=design_cfg,
+            task=Task.from_config(task_cfg) if task_cfg else None,
+            data=convert(DataConfig, plain.get("data")),
+            train=convert(TrainConfig, plain.get("train")),
+            seed=seed,
+            trial=plain.get("trial"),
+            config=plain,
+        )
