@@ -16,7 +16,7 @@ import torch
 
 from peftds.config.compose import compose, conf_dir, expand_file_overrides, with_design_model
 from peftds.data.batching import Collator, default_buckets
-from peftds.data.loading import encode, load_splits, references
+from peftds.data.loading import choose_source, encode, load_splits, references
 from peftds.data.metrics import compute_metrics
 from peftds.design.apply import build, save_trained
 from peftds.errors import PeftdsError
@@ -189,6 +189,8 @@ def run_hydra(task_fn: Callable[[Any], Any], argv: list[str], job_name: str) -> 
     run = RunConfig.from_composed(compose(argv))  # check first: a bad value is one line, before any Hydra output
     if run.model.pretrained and run.model.name_or_path:
         hf_config(run.model, allow_fallback=False)  # an unreachable model (e.g. offline) fails here, in one line
+    if run.task is not None:
+        choose_source(run.task, run.data)  # so do missing data files
     result: dict[str, Any] = {}
 
     @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
