@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast inspect-demo bench-demo
+.PHONY: install run test test-fast lint format inspect-demo bench-demo
 
 # torch is pinned (torch==2.13.0) in pyproject.toml, so it installs in this same step.
 $(BIN)/.installed: pyproject.toml
@@ -26,6 +26,14 @@ run: install ## the embedded default: LoRA on pretrained MiniLM-L6, 2000 SST-2 s
 
 test: install ## the whole suite (CI runs exactly this)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: install ## ruff lint + format check (CI runs it before the tests)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 test-fast: install ## skip the slow real-model/real-data tests
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
