@@ -7,6 +7,9 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from peftds.config.compose import compose_for, group_options
+from peftds.config.schema import describe
+from peftds.config.sections import SECTIONS
 from peftds.errors import PeftdsError
 
 
@@ -84,17 +87,15 @@ def usage() -> str:
     lines += [f"  {name:<{width}}  {cmd.summary}" for name, cmd in COMMANDS.items()]
     lines += [
         "",
-        "`peftds <command> --help` lists the command's config groups and keys; `peftds <command> --cfg [key=value ...]`",
-        "prints the composed config without running. Any Hydra override works; `design=` also takes a YAML path.",
+        "`peftds <command> --help` lists the command's config groups and keys; `peftds <command> --cfg",
+        "[key=value ...]` prints the composed config without running. Any Hydra override works; `design=` also",
+        "takes a YAML path.",
     ]
     return "\n".join(lines)
 
 
 def command_help(name: str) -> str:
     """What a command does, its config groups with their options, and its keys with their help."""
-    from peftds.config.compose import group_options
-    from peftds.config.schema import describe
-    from peftds.config.sections import SECTIONS
 
     cmd = COMMANDS[name]
     lines = [f"peftds {name}: {cmd.summary}", "", f"usage: {cmd.usage or f'peftds {name} [key=value ...]'}"]
@@ -114,8 +115,6 @@ def command_help(name: str) -> str:
 def print_config(name: str, argv: Sequence[str]) -> int:
     from omegaconf import OmegaConf
 
-    from peftds.config.compose import compose_for
-
     cfg = compose_for(COMMANDS[name].groups, list(argv))
     print(OmegaConf.to_yaml(cfg, resolve=False).rstrip())
     return 0
@@ -123,14 +122,13 @@ def print_config(name: str, argv: Sequence[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in HELP_FLAGS:
-        print(usage())
-        return 0 if argv else 2
-    name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        print(f"peftds: error: unknown command '{name}' (known: {', '.join(COMMANDS)})", file=sys.stderr)
-        return 2
     try:
+        if not argv or argv[0] in HELP_FLAGS:
+            print(usage())
+            return 0 if argv else 2
+        name, rest = argv[0], argv[1:]
+        if name not in COMMANDS:
+            raise PeftdsError(f"unknown command '{name}' (known: {', '.join(COMMANDS)})")
         if any(a in HELP_FLAGS for a in rest):
             print(command_help(name))
             return 0

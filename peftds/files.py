@@ -79,7 +79,7 @@ def file_lock(path: str | Path, *, wait: bool = True, busy: str | None = None) -
 
 def try_lock_forever(path: str | Path) -> Any | None:
     """Take an flock without waiting and keep it for the life of the process; None when it is held."""
-    fh = open(path, "a")
+    fh = open(path, "a")  # noqa: SIM115 - kept open: the lock lives as long as the process
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -97,10 +97,8 @@ def versions() -> dict[str, str]:
 
     out = {"python": sys.version.split()[0]}
     for pkg in VERSIONED_PACKAGES:
-        try:
+        with contextlib.suppress(md.PackageNotFoundError):
             out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
     return out
 
 

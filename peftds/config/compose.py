@@ -1,4 +1,5 @@
 """Config composition: the Hydra tree in conf/, plus design/space YAML files given by path."""
+
 from __future__ import annotations
 
 import os
@@ -48,7 +49,7 @@ def expand_file_overrides(overrides: Sequence[str]) -> list[str]:
     """
     out, extra_dirs = [], []
     for ov in overrides:
-        m = re.fullmatch(r"(\+?)(%s)=(.+)" % "|".join(FILE_GROUPS), ov)
+        m = re.fullmatch(r"(\+?)({})=(.+)".format("|".join(FILE_GROUPS)), ov)
         if m and (m.group(3).endswith((".yaml", ".yml")) or os.sep in m.group(3)):
             path = Path(m.group(3)).expanduser()
             if not path.is_file():

@@ -40,7 +40,9 @@ class DataConfig(Section):
     source: str = setting("auto", "auto: local files when present, else the hub", choices=("auto", "local", "hub"))
     max_train_samples: int | None = setting(None, "seeded subsample of the training rows (null: all)", ge=1)
     max_eval_samples: int | None = setting(None, "seeded subsample of each dev split (null: all)", ge=1)
-    heldout: float | None = setting(0.1, "held-out slice of train for search scoring: a fraction < 1 or a row count", ge=0)
+    heldout: float | None = setting(
+        0.1, "held-out slice of train for search scoring: a fraction < 1 or a row count", ge=0
+    )
     heldout_max: int | None = setting(1000, "cap on the held-out rows", ge=0)
     seed: int = setting(0, "seed of the held-out carve-out and the subsamples")
 

@@ -12,10 +12,11 @@ such as RTE about half the batch-mates come back every epoch).
 :class:`Collator` pads each batch to its longest member or, with ``buckets``, up to the smallest
 bucket that fits (so a compiled model sees a bounded set of shapes: see ``peftds.bench.step.compile_model``).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -33,8 +34,14 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     :meth:`set_epoch` pins it (the permutation depends only on ``seed`` and the epoch).
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, shuffle: bool = True,
-                 mega_batches: int | None = DEFAULT_MEGA_BATCHES):
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        mega_batches: int | None = DEFAULT_MEGA_BATCHES,
+    ):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
         self.lengths = np.asarray(list(lengths), dtype=np.int64)
@@ -79,8 +86,12 @@ def random_batches(n: int, batch_size: int, seed: int = 0, epoch: int = 0) -> li
     return [perm[i : i + batch_size].tolist() for i in range(0, n, batch_size)]
 
 
-def padded_tokens(lengths: Sequence[int], batches: Sequence[Sequence[int]], pad_to: int | None = None,
-                  buckets: Sequence[int] | None = None) -> int:
+def padded_tokens(
+    lengths: Sequence[int],
+    batches: Sequence[Sequence[int]],
+    pad_to: int | None = None,
+    buckets: Sequence[int] | None = None,
+) -> int:
     """Tokens processed when each batch is padded to its longest member (rounded up to a bucket), or
     to ``pad_to`` (fixed padding)."""
     total = 0
@@ -142,8 +153,13 @@ class Collator:
 
     MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
-    def __init__(self, pad_id: int, seq2seq: bool, buckets: Sequence[int] | None = None,
-                 target_buckets: Sequence[int] | None = None):
+    def __init__(
+        self,
+        pad_id: int,
+        seq2seq: bool,
+        buckets: Sequence[int] | None = None,
+        target_buckets: Sequence[int] | None = None,
+    ):
         self.pad_id = pad_id
         self.seq2seq = seq2seq
         self.buckets = sorted(int(b) for b in (buckets or []))
@@ -165,7 +181,9 @@ class Collator:
             first = rows[0]["labels"]
             if isinstance(first, (list, tuple)):
                 tgt_len = self.target_length(max(len(r["labels"]) for r in rows))
-                batch["labels"] = torch.tensor([list(r["labels"]) + [-100] * (tgt_len - len(r["labels"])) for r in rows])
+                batch["labels"] = torch.tensor(
+                    [list(r["labels"]) + [-100] * (tgt_len - len(r["labels"])) for r in rows]
+                )
             else:
                 dtype = torch.float32 if isinstance(first, float) else torch.long
                 batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=dtype)

@@ -14,12 +14,14 @@ Data config (``conf/data/default.yaml``): ``dir``, ``source`` (auto|local|hub), 
 Offline (``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE``) without local files fails at once with one
 :class:`PeftdsError` line; the hub is never contacted in that case.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -77,8 +79,11 @@ def _offline_error(task: Any, cfg: DataConfig, missing: list[Path]) -> PeftdsErr
 
 
 def _rel_names(task: Any) -> list[str]:
-    return [str(v["path"] if isinstance(v, Mapping) else v) for k, v in (task.local or {}).items()
-            if k not in ("validation_size", "split_seed")]
+    return [
+        str(v["path"] if isinstance(v, Mapping) else v)
+        for k, v in (task.local or {}).items()
+        if k not in ("validation_size", "split_seed")
+    ]
 
 
 # ---------------------------------------------------------------------- loading
@@ -106,7 +111,7 @@ def _load_file(path: Path, spec: Any) -> Any:
         kwargs.setdefault("quoting", 3)
     try:
         return datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
-    except Exception as e:  # noqa: BLE001 - reported as one line naming the file
+    except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PeftdsError(f"cannot read data file {path}: {msg}") from e
 
@@ -119,7 +124,9 @@ def _load_local(task: Any, cfg: DataConfig) -> dict[str, Any]:
         n = len(full)
         n_val = int(spec.get("validation_size", 0))
         if not 0 < n_val < n:
-            raise PeftdsError(f"task '{task.name}': local.validation_size {n_val} must be in 1..{n - 1} for {files['file']}")
+            raise PeftdsError(
+                f"task '{task.name}': local.validation_size {n_val} must be in 1..{n - 1} for {files['file']}"
+            )
         perm = np.random.default_rng(int(spec.get("split_seed", 0))).permutation(n)
         return {"train": full.select(np.sort(perm[n_val:])), "validation": full.select(np.sort(perm[:n_val]))}
     return {split: _load_file(path, spec[split]) for split, path in files.items()}
@@ -134,7 +141,7 @@ def _load_hub(task: Any) -> dict[str, Any]:
     splits = dict(hub.get("splits") or {"train": "train", "validation": "validation"})
     try:
         dd = datasets.load_dataset(hub["path"], hub.get("name"))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PeftdsError(
             f"task '{task.name}': cannot load {_hub_desc(task)} from the hub: {msg} "
@@ -143,7 +150,9 @@ def _load_hub(task: Any) -> dict[str, Any]:
     out = {}
     for ours, theirs in splits.items():
         if theirs not in dd:
-            raise PeftdsError(f"task '{task.name}': hub dataset {_hub_desc(task)} has no split '{theirs}' (has {list(dd)})")
+            raise PeftdsError(
+                f"task '{task.name}': hub dataset {_hub_desc(task)} has no split '{theirs}' (has {list(dd)})"
+            )
         out[ours] = dd[theirs]
     return out
 
@@ -154,12 +163,17 @@ def choose_source(task: Any, cfg: DataConfig) -> str:
     missing = [p for p in files.values() if not p.is_file()]
     if src == "local":
         if cfg["dir"] is None:
-            raise PeftdsError(f"task '{task.name}': data.source=local but no data folder is set (data.dir=<folder> or env PEFTDS_DATA)")
+            raise PeftdsError(
+                f"task '{task.name}': data.source=local but no data folder is set "
+                f"(data.dir=<folder> or env PEFTDS_DATA)"
+            )
         if not task.local:
             raise PeftdsError(f"task '{task.name}' lists no local files (conf/task/{task.name}.yaml `local:`)")
         if missing:
-            raise PeftdsError(f"task '{task.name}': missing data file {missing[0]}"
-                              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+            raise PeftdsError(
+                f"task '{task.name}': missing data file {missing[0]}"
+                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            )
         return "local"
     if src == "auto" and files and not missing:
         return "local"
@@ -200,7 +214,7 @@ def heldout_size(n_train: int, heldout: Any, heldout_max: Any) -> int:
     h = float(heldout)
     if h < 0:
         raise PeftdsError(f"data.heldout must be >= 0, got {heldout}")
-    k = int(round(h * n_train)) if h < 1 else int(h)
+    k = round(h * n_train) if h < 1 else int(h)
     if heldout_max is not None:
         k = min(k, int(heldout_max))
     return max(0, min(k, n_train - 1))
@@ -228,7 +242,7 @@ def load_splits(task: Any, data_cfg: Any = None) -> Any:
         if need not in raw:
             raise PeftdsError(f"task '{task.name}': no '{need}' split configured ({source})")
     raw = {k: _normalize(task, _flatten(task, v)) for k, v in raw.items()}
-    needed = list(task.input_columns) + [task.label_column]
+    needed = [*list(task.input_columns), task.label_column]
     for split, ds in raw.items():
         absent = [c for c in needed if c not in ds.column_names]
         if absent:
@@ -290,13 +304,15 @@ def _target_prefix(tokenizer: Any) -> list[int]:
     """Ids the tokenizer natively puts before a target (BART: [bos]; T5 / BERT-as-seq2seq: none)."""
     eos = tokenizer.eos_token_id
     if eos is None:
-        raise PeftdsError("tokenizer has no eos token: call peftds.data.loading.prepare_tokenizer(tokenizer, 'seq2seq') first")
+        raise PeftdsError(
+            "tokenizer has no eos token: call peftds.data.loading.prepare_tokenizer(tokenizer, 'seq2seq') first"
+        )
     probe = "probe"
     bare = tokenizer(probe, add_special_tokens=False)["input_ids"]
     full = tokenizer(probe, add_special_tokens=True)["input_ids"]
     for i in range(len(full) - len(bare) + 1):
-        if full[i:i + len(bare)] == bare:
-            pre, post = full[:i], full[i + len(bare):]
+        if full[i : i + len(bare)] == bare:
+            pre, post = full[:i], full[i + len(bare) :]
             if post == [eos] and all(t == tokenizer.bos_token_id for t in pre) and tokenizer.bos_token_id is not None:
                 return pre
             break
@@ -324,7 +340,9 @@ def label_word_ids(task: Any, tokenizer: Any) -> list[list[int]]:
     seen: dict[tuple[int, ...], str] = {}
     for w, x in zip(cands, ids):
         if tuple(x) in seen:
-            raise PeftdsError(f"task '{task.name}': label words '{seen[tuple(x)]}' and '{w}' tokenise identically ({x})")
+            raise PeftdsError(
+                f"task '{task.name}': label words '{seen[tuple(x)]}' and '{w}' tokenise identically ({x})"
+            )
         seen[tuple(x)] = w
     return ids
 

@@ -13,10 +13,12 @@ Predictions / references per kind: classification -> class indices (a prediction
 undecodable generation, counts as wrong); regression -> floats; generation -> strings.
 MNLI: call once per dev split; the caller names the mismatched result (e.g. ``validation_mismatched/accuracy``).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -105,9 +107,7 @@ def compute_metrics(task: Any, predictions: Sequence[Any], references: Sequence[
     predictions = list(predictions)
     references = list(references)
     if len(predictions) != len(references):
-        raise PeftdsError(
-            f"task '{task.name}': {len(predictions)} predictions but {len(references)} references"
-        )
+        raise PeftdsError(f"task '{task.name}': {len(predictions)} predictions but {len(references)} references")
     if not references:
         raise PeftdsError(f"task '{task.name}': no examples to score")
     out: dict[str, float] = {}

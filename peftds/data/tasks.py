@@ -21,14 +21,17 @@ optional: ``regression_range`` / ``regression_step`` (text-to-text regression ta
 
 Also here: :func:`rank_labels`, the exact label-word ranking that scores text-to-text classification.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from peftds.config.compose import reject_unknown_keys
+from peftds.data.metrics import METRICS
 from peftds.errors import PeftdsError
 
 KINDS = ("classification", "regression", "generation")
@@ -60,7 +63,7 @@ class Task:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_config(cls, cfg: Any) -> "Task":
+    def from_config(cls, cfg: Any) -> Task:
         """Build from a task config (DictConfig or dict); checks the fields and names the culprit."""
         if cfg is None:
             raise PeftdsError("task config is empty")
@@ -75,8 +78,11 @@ class Task:
         name = cfg.get("name") or "<unnamed>"
         known = {f for f in cls.__dataclass_fields__}
         reject_unknown_keys(cfg, known, f"task '{name}'")
-        missing = [k for k in ("name", "kind", "input_columns", "label_column", "num_labels", "template",
-                               "metrics", "score") if cfg.get(k) is None]
+        missing = [
+            k
+            for k in ("name", "kind", "input_columns", "label_column", "num_labels", "template", "metrics", "score")
+            if cfg.get(k) is None
+        ]
         if missing:
             raise PeftdsError(f"task '{name}': missing key(s) {missing}")
         for key in ("input_columns", "metrics", "score", "normalize_diacritics"):
@@ -93,7 +99,6 @@ class Task:
         return task
 
     def _check(self) -> None:
-        from peftds.data.metrics import METRICS
 
         n = self.name
         if self.kind not in KINDS:
@@ -138,7 +143,7 @@ class Task:
     def eval_splits(self) -> list[str]:
         """Dev splits that :func:`peftds.data.loading.load_splits` returns: ``validation`` first (the scored one)."""
         hub_splits = (self.hub.get("splits") or {}).keys()
-        return ["validation"] + sorted(s for s in hub_splits if s.startswith("validation_"))
+        return ["validation", *sorted(s for s in hub_splits if s.startswith("validation_"))]
 
     def source_text(self, row: dict[str, Any]) -> str:
         """Text-to-text source of one row (the template filled with the row's columns)."""
@@ -169,7 +174,7 @@ class Task:
             return list(self.label_words)
         if self.kind == "regression":
             lo, hi = self.regression_range
-            n = int(round((hi - lo) / self.regression_step))
+            n = round((hi - lo) / self.regression_step)
             return [self.format_regression(lo + i * self.regression_step) for i in range(n + 1)]
         raise PeftdsError(f"task '{self.name}' is a generation task: it has no label candidates to rank")
 

@@ -1,26 +1,26 @@
 """Turn a design into a trainable model: freeze the backbone, add the plan's strategies layer by
 layer, check the built count against the plan's formula count, and save / load trained designs."""
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import yaml
 from torch import nn
 
-from peftds.model.backbones import Backbone, build_model, count_trainable
-from peftds.design.budget import budget_params
-from peftds.config.compose import plain
-from peftds.design.plan import Design, Plan
 from peftds.config.schema import convert
 from peftds.config.sections import ModelConfig
+from peftds.design.budget import budget_params
+from peftds.design.plan import Design, Plan
 from peftds.errors import PeftdsError
 from peftds.files import PLAN_FILE, WEIGHTS_FILE
+from peftds.model.backbones import Backbone, build_model, count_trainable
 from peftds.model.strategies import APPLY_ORDER, LayerShape, get_strategy
-
 
 
 @dataclass
@@ -76,8 +76,13 @@ def apply_plan(backbone: Backbone, plan: Plan) -> None:
         )
 
 
-def resolve(backbone: Backbone, design_cfg: Mapping[str, Any], budget_fraction: float, seed: int = 0,
-            model_cfg: Mapping[str, Any] | None = None) -> Plan:
+def resolve(
+    backbone: Backbone,
+    design_cfg: Mapping[str, Any],
+    budget_fraction: float,
+    seed: int = 0,
+    model_cfg: Mapping[str, Any] | None = None,
+) -> Plan:
     design = Design.from_config(design_cfg)
     n_backbone = backbone.backbone_params()
     plan = design.resolve(layer_shapes(backbone), n_backbone, budget_params(budget_fraction, n_backbone), seed=seed)
@@ -85,8 +90,14 @@ def resolve(backbone: Backbone, design_cfg: Mapping[str, Any], budget_fraction: 
     return plan
 
 
-def build(model_cfg: Mapping[str, Any], design_cfg: Mapping[str, Any], budget_fraction: float,
-          num_labels: int | None = None, seed: int = 0, device: str | None = None) -> Built:
+def build(
+    model_cfg: Mapping[str, Any],
+    design_cfg: Mapping[str, Any],
+    budget_fraction: float,
+    num_labels: int | None = None,
+    seed: int = 0,
+    device: str | None = None,
+) -> Built:
     """Build the backbone from its model config, resolve the design on it and apply it."""
     model = build_model(model_cfg, num_labels=num_labels, device=device)
     backbone = Backbone(model)
@@ -127,7 +138,9 @@ def load_trained(run_dir: str | Path, model_cfg: Mapping[str, Any] | None = None
     missing = [n for n, p in params.items() if p.requires_grad and n not in tensors]
     unknown = [n for n in tensors if n not in params]
     if missing or unknown:
-        raise PeftdsError(f"{run / WEIGHTS_FILE} does not match the plan (missing {missing[:3]}, unexpected {unknown[:3]})")
+        raise PeftdsError(
+            f"{run / WEIGHTS_FILE} does not match the plan (missing {missing[:3]}, unexpected {unknown[:3]})"
+        )
     with torch.no_grad():
         for n, t in tensors.items():
             params[n].copy_(t)

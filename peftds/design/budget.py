@@ -6,9 +6,10 @@ largest integer size that fits its share. Leftovers of all layers are pooled and
 at a time (fewest extra steps per layer first, then the cheapest step), so the allocation stays as
 even as integer sizes allow and the total ends within one step of the budget, never above it.
 """
+
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from peftds.errors import InfeasibleDesign, PeftdsError
 from peftds.model.strategies import NAMES, LayerShape, get_strategy

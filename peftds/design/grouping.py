@@ -17,9 +17,9 @@ def satisfies(sizes: tuple[int, ...], pattern: str) -> bool:
     """Whether group sizes satisfy a pattern (SPEC §2)."""
     n = list(sizes)
     if pattern == "increasing":
-        return all(a <= b for a, b in zip(n, n[1:])) and n[0] < n[-1]
+        return all(a <= b for a, b in itertools.pairwise(n)) and n[0] < n[-1]
     if pattern == "decreasing":
-        return all(a >= b for a, b in zip(n, n[1:])) and n[0] > n[-1]
+        return all(a >= b for a, b in itertools.pairwise(n)) and n[0] > n[-1]
     if pattern == "uniform":
         return max(n) - min(n) <= 1
     if pattern in ("spindle", "bottleneck"):
@@ -36,7 +36,7 @@ def _compositions(total: int, parts: int):
     """All tuples of `parts` positive integers summing to `total` (stars and bars)."""
     for cuts in itertools.combinations(range(1, total), parts - 1):
         bounds = (0, *cuts, total)
-        yield tuple(b - a for a, b in zip(bounds, bounds[1:]))
+        yield tuple(b - a for a, b in itertools.pairwise(bounds))
 
 
 @lru_cache(maxsize=256)
@@ -57,7 +57,6 @@ def sample_grouping(num_layers: int, num_groups: int, pattern: str, rng: random.
             f"grouping pattern '{pattern}' is infeasible for L={num_layers} layers in K={num_groups} groups"
         )
     return options[rng.randrange(len(options))]
-
 
 
 def all_groupings(num_layers: int, num_groups: int, pattern: str | None = None) -> tuple[tuple[int, ...], ...]:

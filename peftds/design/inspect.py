@@ -1,4 +1,5 @@
 """`peftds inspect`: the per-layer plan of a design on a model, with exact counts of the built model."""
+
 from __future__ import annotations
 
 import json
@@ -66,8 +67,9 @@ def table(rep: dict[str, Any]) -> str:
 
 def run(run_cfg: RunConfig, fmt: str = "table") -> str:
     """Build on the meta device: counts need shapes, not weights (works offline for hub models)."""
-    built = build(run_cfg.model, run_cfg.design_config, run_cfg.budget.fraction, num_labels=2, seed=run_cfg.seed,
-                  device="meta")
+    built = build(
+        run_cfg.model, run_cfg.design_config, run_cfg.budget.fraction, num_labels=2, seed=run_cfg.seed, device="meta"
+    )
     rep = report(built, run_cfg.model.name)
     return json.dumps(rep) if fmt == "json" else table(rep)
 

@@ -5,24 +5,24 @@ allocation rule and a strategy subset per group, plus strategy hyper-parameters.
 model's layer shapes and a budget gives a :class:`Plan`: the group of every layer and each layer's
 strategies with concrete sizes and exact parameter counts (SPEC §2–3).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from peftds.design.budget import ALLOCATIONS, MIN_BUDGET_USE, layer_budgets, layer_cost, size_layers
 from peftds.config.compose import plain, reject_unknown_keys
-from peftds.errors import InfeasibleDesign, PeftdsError
+from peftds.design.budget import ALLOCATIONS, MIN_BUDGET_USE, layer_budgets, layer_cost, size_layers
 from peftds.design.grouping import PATTERNS, sample_grouping, satisfies
+from peftds.errors import InfeasibleDesign, PeftdsError
 from peftds.model.strategies import NAMES, LayerShape, get_strategy, strategy_label
 
 DESIGN_KEYS = {"name", "model", "full", "grouping", "tuned", "allocation", "strategies", "hparams", "note"}
 GROUPING_KEYS = {"groups", "sizes", "pattern"}
-
-
 
 
 @dataclass
@@ -39,7 +39,7 @@ class Design:
     model: str | None = None  # the model (conf/model/<name>) the design was made for, if it names one
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> "Design":
+    def from_config(cls, cfg: Mapping[str, Any]) -> Design:
         cfg = dict(plain(cfg) or {})
         name = str(cfg.get("name", "custom"))
         reject_unknown_keys(cfg, DESIGN_KEYS, f"design '{name}'")
@@ -54,7 +54,9 @@ class Design:
         grouping = dict(cfg.get("grouping") or {})
         unknown = set(grouping) - GROUPING_KEYS
         if unknown:
-            raise PeftdsError(f"design '{name}': unknown grouping key(s) {sorted(unknown)} (known: {sorted(GROUPING_KEYS)})")
+            raise PeftdsError(
+                f"design '{name}': unknown grouping key(s) {sorted(unknown)} (known: {sorted(GROUPING_KEYS)})"
+            )
         sizes = tuple(int(x) for x in grouping["sizes"]) if grouping.get("sizes") else None
         k = int(grouping.get("groups") or (len(sizes) if sizes else 4))
         if sizes is not None and len(sizes) != k:
@@ -109,14 +111,25 @@ class Design:
         """Every strategy's hyper-parameters with defaults filled in."""
         return {n: get_strategy(n).hparams(self.hparams.get(n)) for n in NAMES}
 
-    def resolve(self, shapes: Sequence[LayerShape], backbone_params: int, budget: int, seed: int = 0) -> "Plan":
+    def resolve(self, shapes: Sequence[LayerShape], backbone_params: int, budget: int, seed: int = 0) -> Plan:
         """A concrete per-layer plan for a model with these layer shapes. Raises InfeasibleDesign."""
         num_layers = len(shapes)
         hp = self.strategy_hparams()
         if self.full:
             layers = [LayerPlan(s.index, s.stack, 1, {}, {}) for s in shapes]
-            return Plan(self.name, True, backbone_params, budget, [num_layers], [1], "uniform", [[]], hp, layers,
-                        full_params=backbone_params)
+            return Plan(
+                self.name,
+                True,
+                backbone_params,
+                budget,
+                [num_layers],
+                [1],
+                "uniform",
+                [[]],
+                hp,
+                layers,
+                full_params=backbone_params,
+            )
         if self.sizes is not None:
             sizes = self.sizes
             if sum(sizes) != num_layers or min(sizes) < 1:
@@ -144,8 +157,18 @@ class Design:
             LayerPlan(s.index, s.stack, g, dict(sz), layer_cost(s, sz, hp))
             for s, g, sz in zip(shapes, group_of_layer, sizes_per_layer)
         ]
-        plan = Plan(self.name, False, backbone_params, budget, list(sizes), tuned, self.allocation,
-                    [list(s) for s in self.strategies], hp, layers)
+        plan = Plan(
+            self.name,
+            False,
+            backbone_params,
+            budget,
+            list(sizes),
+            tuned,
+            self.allocation,
+            [list(s) for s in self.strategies],
+            hp,
+            layers,
+        )
         total = plan.trainable_params
         if total > budget:
             raise InfeasibleDesign(f"design '{self.name}': {total} trainable params exceed the budget of {budget}")
@@ -195,7 +218,7 @@ class Plan:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Plan":
+    def from_dict(cls, d: Mapping[str, Any]) -> Plan:
         d = dict(d)
         d.pop("trainable_params", None)
         d["layers"] = [LayerPlan(**lp) for lp in d["layers"]]

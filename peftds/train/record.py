@@ -39,7 +39,9 @@ def summary_line(rec: Mapping[str, Any]) -> str:
     if rec.get("status") != "ok":
         return f"peftds train: {rec.get('status')}: {rec.get('error')} (record: {rec.get('run_dir')}/{RESULT_FILE})"
     best = rec.get("best") or {}
-    return (f"task={rec['task']} design={rec['design']} model={rec.get('model')} "
-            f"params={rec['trainable_params']:,} ({rec['trainable_pct']:.3f}%) "
-            f"{rec['eval_split']} score={rec['score']:.2f} (best epoch {best.get('epoch')}, "
-            f"last {rec['last']['score']:.2f}) time={rec['wall_time_s']:.0f}s -> {rec['run_dir']}")
+    return (
+        f"task={rec['task']} design={rec['design']} model={rec.get('model')} "
+        f"params={rec['trainable_params']:,} ({rec['trainable_pct']:.3f}%) "
+        f"{rec['eval_split']} score={rec['score']:.2f} (best epoch {best.get('epoch')}, "
+        f"last {rec['last']['score']:.2f}) time={rec['wall_time_s']:.0f}s -> {rec['run_dir']}"
+    )

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from peftds.data.loading import prepare_tokenizer
 from peftds.errors import PeftdsError
+from peftds.model.backbones import resolve_path
 
 
 def quiet_libraries(load_bars: bool = True) -> None:
@@ -25,9 +27,6 @@ def quiet_libraries(load_bars: bool = True) -> None:
 
 def load_tokenizer(model_cfg: Mapping[str, Any], seq2seq: bool):
     from transformers import AutoTokenizer
-
-    from peftds.model.backbones import resolve_path
-    from peftds.data.loading import prepare_tokenizer
 
     name = model_cfg.get("tokenizer") or model_cfg.get("name_or_path")
     if not name:

@@ -7,6 +7,7 @@ import math
 import torch
 
 from peftds.data.batching import LengthGroupedBatchSampler
+from peftds.train.compile import CompiledModel
 
 
 class Diverged(RuntimeError):
@@ -41,8 +42,6 @@ def trainer_classes():
             # batch shape, counted; peftds.bench.step.CompiledModel); evaluation stays eager.
             self.compiled = None
             if compile:
-                from peftds.train.compile import CompiledModel
-
                 self.compiled = CompiledModel(self.model)
 
         def compute_loss(self, model, inputs, *args, **kwargs):
@@ -53,10 +52,12 @@ def trainer_classes():
         def get_train_dataloader(self):
             if not self._length_grouped:
                 return super().get_train_dataloader()
-            sampler = LengthGroupedBatchSampler(self._lengths, self.args.per_device_train_batch_size,
-                                                seed=self.args.seed)
-            loader = torch.utils.data.DataLoader(self.train_dataset, batch_sampler=sampler,
-                                                 collate_fn=self.data_collator, num_workers=0)
+            sampler = LengthGroupedBatchSampler(
+                self._lengths, self.args.per_device_train_batch_size, seed=self.args.seed
+            )
+            loader = torch.utils.data.DataLoader(
+                self.train_dataset, batch_sampler=sampler, collate_fn=self.data_collator, num_workers=0
+            )
             return self.accelerator.prepare(loader)
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
