@@ -10,6 +10,7 @@ from typing import Any
 from peftds.design.space import Space
 from peftds.errors import InfeasibleDesign
 
+
 def draw_seed(*parts: Any) -> int:
     """A 64-bit seed from any parts (stable across processes and Python versions)."""
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "big")
@@ -32,8 +33,9 @@ class DrawStats:
     last_error: str | None = None
 
 
-def sample_designs(space: Space, num_layers: int, n: int, resolve, *, seed: int, stage: str, option: str,
-                   max_draws: int = 200) -> DrawStats:
+def sample_designs(
+    space: Space, num_layers: int, n: int, resolve, *, seed: int, stage: str, option: str, max_draws: int = 200
+) -> DrawStats:
     """N distinct feasible designs from `space`, each reproducible from (seed, stage, option, index).
 
     Draw i tries attempts a = 0, 1, ... with an RNG seeded by (seed, stage, option, i, a); an attempt

@@ -1,46 +1,16 @@
-"""Selection statistics on a hand-made trials table, and the report (issue #4 §5, §7)."""
+"""Selection statistics (peftds.search.stats) on a hand-made trials table: EDFs, bootstrap intervals,
+design scores, option means, the winner, overlaps, ties, infeasible options, the running leader."""
+
 from __future__ import annotations
 
-import json
 import math
 
-import pandas as pd
 import pytest
 
-from peftds.search.report import (
-    bootstrap_ci,
-    design_scores,
-    edf,
-    edf_at,
-    markdown_table,
-    summarize,
-    write_report,
-)
+from peftds.search.report import markdown_table
+from peftds.search.stats import bootstrap_ci, current_leader, design_scores, edf, edf_at, summarize
 
-
-def table(rows):
-    """rows: (option, index, task, score or None for a failed trial)."""
-    out = []
-    for opt, idx, task, score in rows:
-        out.append({"stage": "st", "option": opt, "index": idx, "task": task, "design_hash": f"{opt}{idx}",
-                    "design": f"design {opt}{idx}", "score": float("nan") if score is None else score,
-                    "status": "failed" if score is None else "ok", "wall_time_s": 36.0, "device": "cpu",
-                    "error": "boom" if score is None else ""})
-    return pd.DataFrame(out)
-
-
-HAND = table([
-    # option a: designs 0..3, two tasks; design scores 70, 80, 90, 60 -> mean 75
-    ("a", 0, "t1", 60), ("a", 0, "t2", 80),
-    ("a", 1, "t1", 80), ("a", 1, "t2", 80),
-    ("a", 2, "t1", 100), ("a", 2, "t2", 80),
-    ("a", 3, "t1", 50), ("a", 3, "t2", 70),
-    # option b: design 2 has a failed task -> incomplete, left out; designs 50, 60, 58 -> mean 56
-    ("b", 0, "t1", 40), ("b", 0, "t2", 60),
-    ("b", 1, "t1", 60), ("b", 1, "t2", 60),
-    ("b", 2, "t1", 99), ("b", 2, "t2", None),
-    ("b", 3, "t1", 56), ("b", 3, "t2", 60),
-])
+from .helpers import HAND, table
 
 
 def test_edf_is_share_of_designs_at_or_below_each_score():
@@ -87,8 +57,10 @@ def test_summary_mean_interval_winner_and_overlap():
 
 
 def test_overlapping_intervals_are_reported():
-    t = table([("x", i, "t", v) for i, v in enumerate([50, 60, 70, 80])] +
-              [("y", i, "t", v) for i, v in enumerate([52, 61, 69, 77])])
+    t = table(
+        [("x", i, "t", v) for i, v in enumerate([50, 60, 70, 80])]
+        + [("y", i, "t", v) for i, v in enumerate([52, 61, 69, 77])]
+    )
     s = summarize(t, ["x", "y"], ["t"], min_ok=2, n_boot=1000)
     assert s["winner"] == "x" and s["overlap"] is True and "overlaps the runner-up" in s["message"]
 
@@ -110,25 +82,12 @@ def test_infeasible_options_are_kept_out():
     assert "infeasible: no room" in md and "**a** ★" in md
 
 
-def test_report_renders_markdown_and_plots(tmp_path, capsys):
-    stage = tmp_path / "grouping"
-    stage.mkdir()
-    HAND.assign(stage="grouping").to_csv(stage / "trials.csv", index=False)
-    (stage / "stage.json").write_text(json.dumps({
-        "name": "grouping", "dimension": "grouping", "group": None, "options": {"a": "spindle", "b": "uniform"},
-        "options_order": ["a", "b"], "tasks": ["t1", "t2"], "min_ok": 2, "bootstrap": 500, "seed": 0,
-        "planned": {"a": 4, "b": 4}, "infeasible": {}, "space": {"describe": "K=4"},
-    }))
-    (tmp_path / "search.json").write_text(json.dumps({"stages_run": ["grouping"]}))
-    from peftds.cli import main
-
-    assert main(["report", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "| **a** ★ | spindle |" in out and "winner: a" in out
-    for f in (tmp_path / "report.md", stage / "report.md", stage / "edf.png", stage / "scores.png"):
-        assert f.exists() and f.stat().st_size > 0, f
-    md = (tmp_path / "report.md").read_text()
-    assert "Stage `grouping`" in md and "95% CI" in md and "grouping/edf.png" in md
-    assert (stage / "edf.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert main(["report", str(tmp_path / "nope")]) == 2
-    assert write_report(stage, n_boot=10, echo=lambda *a: None) == stage / "report.md"
+def test_current_leader_counts_designs_with_every_task_ok():
+    rows = [
+        {"option": "a", "index": "0", "task": "t1", "status": "ok", "score": "70"},
+        {"option": "a", "index": "0", "task": "t2", "status": "ok", "score": "90"},
+        {"option": "b", "index": "0", "task": "t1", "status": "ok", "score": "95"},  # t2 missing: not counted
+        {"option": "b", "index": "1", "task": "t1", "status": "failed", "score": ""},
+    ]
+    assert current_leader(rows, 2) == ("a", 80.0, 1)
+    assert current_leader(rows[2:], 2) is None

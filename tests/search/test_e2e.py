@@ -1,9 +1,9 @@
 """End-to-end searches with real training (tiny random models, tiny real data, CPU): the full loop
-in process, real subprocesses through hydra/launcher=submitit_local, and a search killed by a real
-signal and resumed (issue #4 §3, tests)."""
+in process, worker processes through hydra/launcher=joblib (the pickled trial function), real
+subprocesses through hydra/launcher=submitit_local, and a search killed by a real signal and resumed."""
+
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from peftds.search.runner import run_search
+from peftds.search.launch import run_search
+
+from .helpers import rows
 
 REPO = Path(__file__).resolve().parents[2]
 CHAIN = """\
@@ -24,11 +26,6 @@ chain:
   - {name: allocation, dimension: allocation, options: {uniform: uniform, decreasing: decreasing}}
   - {name: strategy_g1, dimension: strategies, group: 1, options: {L: [lora], AP: [adapter, prefix]}}
 """
-
-
-def rows(path: Path) -> list[dict]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def base(tmp_path, data_dir, *extra):
@@ -63,9 +60,27 @@ def test_real_chain_in_process(tmp_path, data_dir, compose_cfg):
 
 
 @pytest.mark.slow
+def test_joblib_runs_pickled_trials_in_worker_processes(tmp_path, data_dir):
+    a = base(tmp_path, data_dir, "stage=allocation", "~stage.options.increasing", "hydra/launcher=joblib",
+             "hydra.launcher.n_jobs=2", "search.trial_threads=1")  # fmt: skip
+    assert run_search(a, echo=lambda *x: None) == 0
+    sdir = tmp_path / "s"
+    table = rows(sdir / "allocation" / "trials.csv")
+    assert len(table) == 2 and {r["status"] for r in table} == {"ok"}
+    assert all((sdir / "trials" / r["trial_id"] / ".hydra" / "overrides.yaml").exists() for r in table)
+    assert json.loads((sdir / "allocation" / "summary.json").read_text())["winner"] in ("uniform", "decreasing")
+
+
+@pytest.mark.slow
 def test_submitit_local_runs_trials_in_subprocesses(tmp_path, data_dir):
-    a = base(tmp_path, data_dir, "stage=allocation", "~stage.options.increasing", "hydra/launcher=submitit_local",
-             "hydra.launcher.timeout_min=10")
+    a = base(
+        tmp_path,
+        data_dir,
+        "stage=allocation",
+        "~stage.options.increasing",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+    )
     assert run_search(a, echo=lambda *x: None) == 0
     sdir = tmp_path / "s"
     table = rows(sdir / "allocation" / "trials.csv")
@@ -77,14 +92,22 @@ def test_submitit_local_runs_trials_in_subprocesses(tmp_path, data_dir):
 
 def _search_proc(args, log):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "peftds.cli", "search", *args], cwd=REPO, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "peftds.cli", "search", *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 @pytest.mark.slow
 def test_killed_search_resumes_without_repeating_or_losing_trials(tmp_path, data_dir):
-    a = base(tmp_path, data_dir, "stage=grouping", "search.n=2", "~stage.options.increasing",
-             "~stage.options.decreasing", "~stage.options.bottleneck")
+    a = base(
+        tmp_path,
+        data_dir,
+        "stage=grouping",
+        "search.n=2",
+        "~stage.options.increasing",
+        "~stage.options.decreasing",
+        "~stage.options.bottleneck",
+    )
     sdir = tmp_path / "s"
     table = sdir / "grouping" / "trials.csv"
     with open(tmp_path / "run1.log", "w") as log:

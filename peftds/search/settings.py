@@ -1,0 +1,143 @@
+"""What a search reads from the composed config, turned into plain values once (SearchConfig.from_config).
+
+Nothing past SearchConfig touches an OmegaConf object: the search, its stages and trials work on the
+dataclasses and plain dicts built here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from peftds.config.compose import conf_dir, plain, reject_unknown_keys
+from peftds.data.tasks import known_tasks, task_set
+from peftds.errors import PeftdsError
+
+# train.* keys that do not change what a trial computes (left out of the regime hash)
+COSMETIC_TRAIN_KEYS = {"progress", "logging_steps", "report_to", "output_dir", "save_params", "catch_errors"}
+COSMETIC_DATA_KEYS = {"dir", "source"}
+COSMETIC_MODEL_KEYS = {"name"}  # the config's own name; the model itself is name_or_path / arch / shape
+REGIME_SECTIONS = ("model", "budget", "data", "train")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The `search:` section (conf/search/default.yaml documents every key)."""
+
+    n: int = 100
+    epochs: int = 3
+    task_set: str = "glue"
+    tasks: list[str] | None = None
+    seed: int = 0
+    min_ok: int = 1  # a count here (the config may give a share of n)
+    bootstrap: int = 2000
+    max_draws: int = 200
+    batch_size: int | None = None
+    retry_failed: bool = False
+    trial_threads: int | None = None
+    save_params: bool = False
+    report: bool = True
+    dir: str | None = None
+    gpu_slots: int | None = None
+
+
+SEARCH_KEYS = tuple(f.name for f in fields(SearchSettings))
+
+
+def search_settings(raw: Mapping[str, Any] | None) -> SearchSettings:
+    """Validate the plain `search` section: known keys, integers, n >= 1, epochs >= 1; min_ok as a count."""
+    raw = dict(raw or {})
+    reject_unknown_keys(raw, SEARCH_KEYS, "search config")
+    s = {**{f.name: f.default for f in fields(SearchSettings)}, "min_ok": 0.5, **raw}
+    for key in ("n", "epochs", "bootstrap", "max_draws", "seed"):
+        try:
+            s[key] = int(s[key])
+        except (TypeError, ValueError):
+            raise PeftdsError(f"search.{key} must be an integer, got {s[key]!r}") from None
+    if s["n"] < 1:
+        raise PeftdsError(f"search.n must be >= 1, got {s['n']}")
+    if s["epochs"] < 1:
+        raise PeftdsError(f"search.epochs must be >= 1, got {s['epochs']}")
+    min_ok = float(s["min_ok"])
+    s["min_ok"] = max(1, math.ceil(min_ok * s["n"]) if min_ok < 1 else int(min_ok))
+    return SearchSettings(**s)
+
+
+def search_tasks(settings: SearchSettings) -> list[str]:
+    """The tasks every design is trained on: search.tasks, else the task set (conf_dir() honours PEFTDS_CONF)."""
+    if settings.tasks:
+        tasks = [str(t) for t in settings.tasks]
+        known = known_tasks(conf_dir())
+        bad = [t for t in tasks if t not in known]
+        if bad:
+            raise PeftdsError(f"search.tasks names unknown task(s) {bad} (known: {', '.join(known)})")
+    else:
+        tasks = task_set(str(settings.task_set), conf_dir())
+    if len(set(tasks)) != len(tasks):
+        raise PeftdsError(f"search tasks repeat a task: {tasks}")
+    return tasks
+
+
+def regime_of(sections: Mapping[str, Any], epochs: int) -> dict[str, Any]:
+    """What (besides design, task and seed) determines a trial's result: model, budget, data, training."""
+    train = {k: v for k, v in (sections.get("train") or {}).items() if k not in COSMETIC_TRAIN_KEYS}
+    train.update(epochs=int(epochs), eval_split="heldout")
+    data = {k: v for k, v in (sections.get("data") or {}).items() if k not in COSMETIC_DATA_KEYS}
+    model = sections.get("model")
+    if isinstance(model, Mapping):
+        model = {k: v for k, v in model.items() if k not in COSMETIC_MODEL_KEYS}
+    return {"model": model, "budget": sections.get("budget"), "data": data, "train": train}
+
+
+def config_hash(obj: Any, n: int = 8) -> str:
+    """A short stable hash of a JSON-able object (trial ids and search dir names depend on it: never change it)."""
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+@dataclass
+class SearchConfig:
+    """Everything a search needs from the composed config, as plain values."""
+
+    settings: SearchSettings
+    tasks: list[str]
+    seed: int  # the global `seed` (part of every trial id)
+    regime: dict[str, Any]
+    model: dict[str, Any]
+    budget_fraction: float
+    hparams: dict[str, Any]  # the strategy hyper-parameters every sampled design gets (design.hparams)
+    space: dict[str, Any]
+    stage: dict[str, Any]
+    data: dict[str, Any]
+    launcher_target: str = ""
+    launcher_n_jobs: int | None = None
+
+    @property
+    def regime_hash(self) -> str:
+        return config_hash(self.regime)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> SearchConfig:
+        """Read the composed config (an OmegaConf object or a plain mapping) in one place."""
+        settings = search_settings(plain(cfg.get("search")))
+        tasks = search_tasks(settings)
+        sections = {k: plain(cfg.get(k)) for k in REGIME_SECTIONS}
+        launcher = (cfg.get("hydra") or {}).get("launcher") or {}  # only two scalars: no need to resolve it all
+        n_jobs = launcher.get("n_jobs")
+        return cls(
+            settings=settings,
+            tasks=tasks,
+            seed=int(cfg.get("seed")),
+            regime=regime_of(sections, settings.epochs),
+            model=dict(sections["model"] or {}),
+            budget_fraction=float((sections["budget"] or {})["fraction"]),
+            hparams=dict(plain((cfg.get("design") or {}).get("hparams")) or {}),
+            space=dict(plain(cfg.get("space")) or {}),
+            stage=dict(plain(cfg.get("stage")) or {}),
+            data=dict(sections["data"] or {}),
+            launcher_target=str(launcher.get("_target_") or ""),
+            launcher_n_jobs=None if n_jobs is None else int(n_jobs),
+        )

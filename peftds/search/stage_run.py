@@ -1,0 +1,217 @@
+"""One stage of a search: its trials (designs x tasks), launched in batches through the Hydra launcher,
+recorded in trials.csv, then summarised: the winner, the next space and the stage's best design.
+
+A trial is identified by (design digest, task, seed, training regime); finished trials are never re-run,
+and a restarted stage first appends rows for any finished trial whose row is missing, so a kill loses
+nothing and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from peftds.design.space import Space
+from peftds.files import RESULT_FILE, TRIALS_DIR, TRIALS_FILE
+from peftds.search.designs import Sample
+from peftds.search.report import markdown_table, verdict, write_stage_report
+from peftds.search.selection import next_space, write_space_next, write_summary
+from peftds.search.stages import StageSpec, safe_name
+from peftds.search.stats import current_leader, stage_summary
+from peftds.search.store import TrialTable, trial_row
+from peftds.search.trial import Trial, effective_status, finished_result, job_error, launcher_error, trial_id
+
+if TYPE_CHECKING:
+    from peftds.search.runner import Search
+
+FAILED_RESULT = "result.failed.json"  # a failed trial's record kept aside by search.retry_failed
+
+
+@dataclass
+class StageResult:
+    summary: dict[str, Any]
+    next_space: Space | None  # None: no winner, the search stops
+    best_design: Path | None
+    dir: Path
+
+
+def duration(s: float) -> str:
+    """Seconds as e.g. 1h02m, 3m05s or 7s ('?' when unknown)."""
+    if not math.isfinite(s):
+        return "?"
+    s = round(s)
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s" if m else f"{sec}s"
+
+
+class StageRun:
+    """Runs one stage of `search` on `space`."""
+
+    def __init__(self, search: Search, spec: StageSpec, space: Space):
+        self.search = search
+        self.config = search.config
+        self.settings = search.config.settings
+        self.spec = spec
+        self.space = space
+        self.echo = search.echo
+        self.dir = search.dir / safe_name(spec.name)
+        self.table = TrialTable(self.dir / TRIALS_FILE)
+        self.trials: dict[str, Trial] = {}
+
+    def run(self) -> StageResult:
+        spec = self.spec
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.echo(f"\n[search] === {spec.describe()} on space: {self.space.describe()}")
+        meta = self.search.designs.load_or_sample(spec, self.space, self.dir)
+        for opt, reason in meta["infeasible"].items():
+            self.echo(f"[search] {spec.name}/{opt}: infeasible: {reason}")
+        self.trials = self.trials_of(meta)
+        if self.settings.retry_failed:
+            self.reset_failed()
+        added = self.reconcile()
+        if added:
+            self.echo(f"[search] {spec.name}: recorded {added} row(s) of trials that had finished earlier")
+        keys = self.keys()
+        pending = [t for t in self.trials.values() if self.finished(t) is None]
+        done_rows = len(self.table.keys() & keys)
+        self.echo(
+            f"[search] {spec.name}: {len(meta['planned'])} feasible option(s), {len(keys)} trials "
+            f"({len(self.trials)} distinct), {done_rows} done, {len(pending)} to run"
+        )
+        t0 = time.time()
+        ran = 0
+        bs = self.search.batch_size(len(pending))
+        for start in range(0, len(pending), bs):
+            batch = pending[start : start + bs]
+            self.launch(batch)
+            ran += len(batch)
+            self.reconcile()
+            self.progress(ran, len(pending), t0)
+        return self.finish(meta)
+
+    # ------------------------------------------------------------------ trials and rows
+    def trials_of(self, meta: Mapping[str, Any]) -> dict[str, Trial]:
+        """The stage's distinct trials; a design sampled for two options is one trial with two keys."""
+        trials: dict[str, Trial] = {}
+        for opt in meta["options_order"]:
+            for s in meta["samples"].get(opt, []):
+                sample = Sample(**s)
+                for task in self.config.tasks:
+                    tid = trial_id(sample.digest, task, self.config.seed, self.config.regime_hash)
+                    t = trials.setdefault(tid, Trial(tid, task, sample))
+                    t.keys.append((self.spec.name, opt, sample.index, task))
+        return trials
+
+    def keys(self) -> set[tuple[str, str, int, str]]:
+        return {k for t in self.trials.values() for k in t.keys}
+
+    def finished(self, trial: Trial) -> dict[str, Any] | None:
+        return finished_result(self.search.trial_dir(trial.trial_id))
+
+    def reconcile(self) -> int:
+        """Append a row for every finished trial whose row is missing (after a kill, or a trial shared
+        with another stage)."""
+        have = self.table.keys()
+        rows = []
+        for t in self.trials.values():
+            missing = [k for k in t.keys if k not in have]
+            if not missing:
+                continue
+            rec = self.finished(t)
+            if rec is None:
+                continue
+            rows += [trial_row(k, t, rec, self.settings.epochs, self.config.seed) for k in missing]
+        return self.table.append(rows)
+
+    def reset_failed(self) -> None:
+        """search.retry_failed: forget failed trials (their rows go, result.json -> result.failed.json)."""
+        failed = [t for t in self.trials.values() if effective_status(self.finished(t)) == "failed"]
+        if not failed:
+            return
+        for t in failed:
+            d = self.search.trial_dir(t.trial_id)
+            os.replace(d / RESULT_FILE, d / FAILED_RESULT)
+        n = self.table.remove({k for t in failed for k in t.keys})
+        self.echo(f"[search] retry_failed: {len(failed)} failed trial(s) will run again ({n} row(s) removed)")
+
+    # ------------------------------------------------------------------ launching
+    def trial_overrides(self, trial: Trial) -> list[str]:
+        """The overrides of one trial's Hydra job (on top of the forwarded search arguments)."""
+        s = trial.sample
+        meta = (
+            f"{{id: '{trial.trial_id}', stage: '{self.spec.name}', option: '{s.option}', index: {s.index}, "
+            f"design_hash: '{s.digest}', regime: '{self.config.regime_hash}'}}"
+        )
+        return [
+            *self.search.forward,
+            f"design={s.design_ref}",
+            f"task={trial.task}",
+            "train.eval_split=heldout",
+            f"train.epochs={self.settings.epochs}",
+            "train.progress=false",
+            f"train.save_params={'true' if self.settings.save_params else 'false'}",
+            f"+trial={meta}",
+            f"hydra.sweep.subdir={TRIALS_DIR}/{trial.trial_id}",
+            "hydra.job.name=trial",
+        ]
+
+    def launch(self, batch: list[Trial]) -> None:
+        """Run a batch of trials; a trial that failed without writing its own failed record gets one."""
+        from peftds.train.record import RunRecord
+
+        search = self.search
+        try:
+            rets: list[Any] = search.launcher.launch([self.trial_overrides(t) for t in batch], search.job_idx)
+            failure = None
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # the launcher itself failed (e.g. a submitit job died)
+            rets, failure = [None] * len(batch), launcher_error(e)
+        search.job_idx += len(batch)
+        for t, r in zip(batch, rets):
+            if self.finished(t) is not None:
+                continue
+            err = failure if r is None else job_error(r)
+            if err is None:
+                continue  # the job returned without a finished record: it stays pending
+            rec = RunRecord(search.trial_dir(t.trial_id), task=t.task, design=t.sample.design_ref)
+            rec.update(status="failed", error=err, wall_time_s=0.0)
+
+    def progress(self, ran: int, to_run: int, t0: float) -> None:
+        keys = self.keys()
+        mine = [r for r in self.table.read() if TrialTable.key(r) in keys]
+        ok = sum(r["status"] == "ok" for r in mine)
+        elapsed = time.time() - t0
+        eta = elapsed / ran * (to_run - ran) if ran else float("nan")
+        lead = current_leader(mine, len(self.config.tasks))
+        leader = f" | leader: {lead[0]} {lead[1]:.2f} ({lead[2]} designs)" if lead else ""
+        self.echo(
+            f"[{self.spec.name}] {len(mine)}/{len(keys)} trials ({ok} ok, {len(mine) - ok} failed) | "
+            f"{duration(elapsed)} elapsed, ETA {duration(eta)}{leader}"
+        )
+
+    # ------------------------------------------------------------------ outcome
+    def finish(self, meta: Mapping[str, Any]) -> StageResult:
+        """Summary, next space and best design (when there is a winner), summary.json and the report."""
+        summary = stage_summary(self.dir)
+        space, best_file = None, None
+        if summary["status"] == "ok" and summary["winner"]:
+            space = next_space(self.spec, self.space, summary)
+            write_space_next(self.dir, self.spec, space, summary["winner"])
+            best_file = self.search.designs.write_best(self.spec, meta, summary, self.dir)
+        write_summary(self.dir, summary)
+        if self.settings.report:
+            try:
+                write_stage_report(self.dir)
+            except Exception as e:  # a plotting problem must not lose the stage
+                self.echo(f"[search] report failed: {type(e).__name__}: {e}")
+        self.echo(f"\n[search] stage {self.spec.name} ({self.dir}):")
+        self.echo(markdown_table(summary, summary.get("values")))
+        self.echo(f"[search] {verdict(summary)}")
+        return StageResult(summary, space, best_file, self.dir)

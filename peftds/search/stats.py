@@ -1,0 +1,279 @@
+"""Search statistics (SPEC §5): design scores (mean over tasks), per-option means with bootstrap
+intervals, EDFs, the winner of a stage and the running leader.
+
+Everything here reads a stage's trials.csv (one row per trial, peftds.search.store) and its stage.json
+(options, tasks, selection settings), so a summary can be made at any time, also while a search runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from peftds.errors import PeftdsError
+from peftds.files import STAGE_FILE, TRIALS_FILE
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def finite(x: Any) -> bool:
+    """x is a finite number (or a string of one)."""
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def edf(scores: Iterable[float]) -> list[tuple[float, float]]:
+    """Empirical distribution of scores (Radosavovic et al. 2020): for every distinct score s, the
+    share of designs scoring at most s, i.e. F(s) = #{score <= s} / n."""
+    xs = sorted(float(s) for s in scores)
+    n = len(xs)
+    out: list[tuple[float, float]] = []
+    for i, x in enumerate(xs):
+        if i + 1 < n and xs[i + 1] == x:
+            continue
+        out.append((x, (i + 1) / n))
+    return out
+
+
+def edf_at(points: Sequence[tuple[float, float]], x: float) -> float:
+    """F(x) of an EDF given as (score, share) points."""
+    share = 0.0
+    for s, f in points:
+        if s <= x:
+            share = f
+        else:
+            break
+    return share
+
+
+def bootstrap_ci(
+    scores: Sequence[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (resampling designs with replacement)."""
+    import numpy as np
+
+    x = np.asarray(list(scores), dtype=float)
+    if len(x) == 0:
+        return (float("nan"), float("nan"))
+    if len(x) == 1 or n_boot <= 0:
+        m = float(x.mean())
+        return (m, m)
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(int(n_boot), len(x)))].mean(axis=1)
+    alpha = (1 - level) / 2
+    return (float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha)))
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """trials.csv as a DataFrame (empty frame with the right columns when there is no file)."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return pd.DataFrame(columns=["stage", "option", "index", "task", "design_hash", "score", "status"])
+    df = pd.read_csv(
+        path, dtype={"option": str, "design_hash": str, "trial_id": str}, keep_default_na=False, na_values=[""]
+    )
+    if "score" in df:
+        df["score"] = pd.to_numeric(df["score"], errors="coerce")
+    return df
+
+
+def design_scores(df: pd.DataFrame, tasks: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per (option, index) design: its score = mean over tasks, `complete` when every task of
+    the task set has an ok trial (only complete designs enter an option's mean)."""
+    import pandas as pd
+
+    cols = ["option", "index", "design_hash", "design", "score", "tasks_ok", "tasks_failed", "complete"]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    ok = df[(df["status"] == "ok") & df["score"].map(finite)]
+    n_tasks = len(tasks) if tasks else df["task"].nunique()
+    rows = []
+    for (opt, idx), g in df.groupby(["option", "index"], sort=False):
+        gok = ok[(ok["option"] == opt) & (ok["index"] == idx)]
+        tasks_ok = gok["task"].nunique()
+        complete = tasks_ok >= n_tasks
+        score = float(gok.groupby("task")["score"].mean().mean()) if tasks_ok else float("nan")
+        rows.append(
+            {
+                "option": opt,
+                "index": int(idx),
+                "design_hash": str(g["design_hash"].iloc[0]),
+                "design": str(g["design"].iloc[0]) if "design" in g else "",
+                "score": score,
+                "tasks_ok": int(tasks_ok),
+                "tasks_failed": int(len(g) - len(gok)),
+                "complete": complete,
+            }
+        )
+    return pd.DataFrame(rows, columns=cols)
+
+
+def summarize(
+    df: pd.DataFrame,
+    options: Sequence[str],
+    tasks: Sequence[str] | None = None,
+    *,
+    min_ok: int = 1,
+    n_boot: int = 2000,
+    seed: int = 0,
+    planned: Mapping[str, int] | None = None,
+    infeasible: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Per-option statistics and the winner of a stage.
+
+    options: the stage's options in config order (ties go to the first); tasks: the task set;
+    min_ok: complete designs an option needs; planned: designs sampled per option (to report pending
+    trials); infeasible: option -> reason for options that could not be sampled.
+    """
+    import pandas as pd
+
+    infeasible = dict(infeasible or {})
+    planned = dict(planned or {})
+    per_design = design_scores(df, tasks)
+    task_list = list(tasks) if tasks else (sorted(set(df["task"])) if not df.empty else [])
+    stats: dict[str, dict[str, Any]] = {}
+    for i, opt in enumerate(options):
+        rows = df[df["option"] == opt] if not df.empty else df
+        d = per_design[per_design["option"] == opt]
+        scores = [float(s) for s in d[d["complete"]]["score"] if finite(s)]
+        ok_rows = rows[(rows["status"] == "ok") & rows["score"].map(finite)] if not rows.empty else rows
+        per_task = {}
+        for t in task_list:
+            s = ok_rows[ok_rows["task"] == t]["score"] if not ok_rows.empty else []
+            per_task[t] = float(pd.Series(s, dtype=float).mean()) if len(s) else None
+        wall = (
+            pd.to_numeric(rows["wall_time_s"], errors="coerce").fillna(0)
+            if "wall_time_s" in rows
+            else pd.Series(dtype=float)
+        )
+        device = rows["device"].astype(str) if "device" in rows else pd.Series([""] * len(rows))
+        gpu = float(wall[device.str.startswith("cuda").values].sum()) / 3600 if len(wall) else 0.0
+        total_h = float(wall.sum()) / 3600 if len(wall) else 0.0
+        n_planned = planned.get(opt)
+        expected = n_planned * len(tasks) if (n_planned is not None and tasks) else None
+        mean = float(sum(scores) / len(scores)) if scores else float("nan")
+        lo, hi = bootstrap_ci(scores, n_boot, seed + i)
+        best = None
+        if scores:
+            top = d[d["complete"]].sort_values("score", ascending=False, kind="stable").iloc[0]
+            best = {
+                "index": int(top["index"]),
+                "design_hash": top["design_hash"],
+                "design": top["design"],
+                "score": float(top["score"]),
+            }
+        stats[opt] = {
+            "feasible": opt not in infeasible,
+            "reason": infeasible.get(opt),
+            "designs_planned": n_planned,
+            "designs_ok": len(scores),
+            "designs_incomplete": int(len(d) - len(scores)),
+            "trials_ok": len(ok_rows),
+            "trials_failed": int(len(rows) - len(ok_rows)),
+            "trials_pending": max(0, expected - len(rows)) if expected is not None else 0,
+            "per_task": per_task,
+            "mean": mean,
+            "ci_low": lo,
+            "ci_high": hi,
+            "std": float(pd.Series(scores).std()) if len(scores) > 1 else 0.0 if scores else float("nan"),
+            "scores": scores,
+            "edf": edf(scores),
+            "hours": total_h,
+            "gpu_hours": gpu,
+            "best": best,
+        }
+    feasible = [o for o in options if stats[o]["feasible"]]
+    pending = sum(stats[o]["trials_pending"] for o in feasible)
+    short = [o for o in feasible if stats[o]["designs_ok"] < min_ok]
+    ranked = sorted(
+        (o for o in feasible if stats[o]["designs_ok"] > 0), key=lambda o: (-stats[o]["mean"], options.index(o))
+    )
+    out: dict[str, Any] = {
+        "options": stats,
+        "order": list(options),
+        "tasks": task_list,
+        "min_ok": min_ok,
+        "winner": None,
+        "runner_up": None,
+        "overlap": None,
+        "leader": ranked[0] if ranked else None,
+    }
+    if not feasible:
+        out.update(status="infeasible", message="every option is infeasible")
+    elif pending:
+        out.update(status="running", message=f"{pending} trial(s) still to run")
+    elif short:
+        detail = ", ".join(f"{o} ({stats[o]['designs_ok']})" for o in short)
+        out.update(
+            status="insufficient", message=f"too few successful designs to pick a winner: {detail} < min_ok={min_ok}"
+        )
+    else:
+        out.update(status="ok", message="")
+    if out["status"] == "ok" and ranked:
+        w = ranked[0]
+        out["winner"] = w
+        if len(ranked) > 1:
+            r = ranked[1]
+            out["runner_up"] = r
+            out["overlap"] = bool(
+                stats[w]["ci_low"] <= stats[r]["ci_high"] and stats[r]["ci_low"] <= stats[w]["ci_high"]
+            )
+            if out["overlap"]:
+                out["message"] = (
+                    f"the winner's 95% interval overlaps the runner-up's ({r}): the ranking of "
+                    f"these two is not significant at this N"
+                )
+    return out
+
+
+def stage_summary(stage_dir: str | Path, n_boot: int | None = None) -> dict[str, Any]:
+    """Recompute a stage's summary from its trials.csv and stage.json."""
+    stage_dir = Path(stage_dir)
+    meta_path = stage_dir / STAGE_FILE
+    if not meta_path.exists():
+        raise PeftdsError(f"{stage_dir} is not a search stage dir (no {STAGE_FILE})")
+    meta = json.loads(meta_path.read_text())
+    df = read_table(stage_dir / TRIALS_FILE)
+    if meta.get("samples") and not df.empty:  # only the designs this stage sampled (N may have changed)
+        planned = {(o, int(s["index"])) for o, lst in meta["samples"].items() for s in lst}
+        df = df[[(o, int(i)) in planned for o, i in zip(df["option"], df["index"])]]
+    summary = summarize(
+        df,
+        meta["options_order"],
+        meta["tasks"],
+        min_ok=int(meta["min_ok"]),
+        n_boot=int(meta.get("bootstrap", 2000) if n_boot is None else n_boot),
+        seed=int(meta.get("seed", 0)),
+        planned=meta.get("planned"),
+        infeasible=meta.get("infeasible"),
+    )
+    summary["stage"] = meta["name"]
+    summary["dimension"] = meta.get("dimension")
+    summary["group"] = meta.get("group")
+    summary["values"] = meta.get("options")
+    summary["space"] = meta.get("space")
+    return summary
+
+
+def current_leader(rows: Sequence[Mapping[str, str]], n_tasks: int) -> tuple[str, float, int] | None:
+    """(option, mean, designs) of the best option so far, over designs with every task ok."""
+    per_design: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        if r.get("status") == "ok" and r.get("score"):
+            per_design.setdefault((r["option"], r["index"]), []).append(float(r["score"]))
+    by_opt: dict[str, list[float]] = {}
+    for (opt, _), scores in per_design.items():
+        if len(scores) >= n_tasks:
+            by_opt.setdefault(opt, []).append(sum(scores) / len(scores))
+    if not by_opt:
+        return None
+    opt, scores = max(by_opt.items(), key=lambda kv: sum(kv[1]) / len(kv[1]))
+    return opt, sum(scores) / len(scores), len(scores)

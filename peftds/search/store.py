@@ -1,0 +1,118 @@
+"""A stage's trials.csv: one row per (stage, option, design index, task), appended under a file lock by an
+atomic rewrite (a kill never leaves a half-written row or a duplicate)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from peftds.files import file_lock, write_text_atomic
+from peftds.model.strategies import strategy_label
+from peftds.search.trial import Trial, effective_status
+
+ROW_FIELDS = [
+    "stage", "option", "index", "task", "trial_id", "design", "design_hash", "design_file", "group_sizes", "tuned",
+    "allocation", "strategies", "sizes", "trainable_params", "budget_params", "metrics", "score", "epochs", "seed",
+    "wall_time_s", "device", "status", "error",
+]  # fmt: skip
+RowKey = tuple[str, str, int, str]
+
+
+class TrialTable:
+    """trials.csv of a stage, keyed by (stage, option, index, task)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+
+    @staticmethod
+    def key(row: Mapping[str, Any]) -> RowKey:
+        return (str(row["stage"]), str(row["option"]), int(row["index"]), str(row["task"]))
+
+    def read(self) -> list[dict[str, str]]:
+        if not self.path.exists():
+            return []
+        with open(self.path, newline="") as fh:
+            return [r for r in csv.DictReader(fh) if r.get("stage")]
+
+    def keys(self) -> set[RowKey]:
+        return {self.key(r) for r in self.read()}
+
+    def write(self, rows: list[Mapping[str, Any]]) -> None:
+        """Replace the whole table (callers hold the lock)."""
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=ROW_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in ROW_FIELDS})
+        write_text_atomic(self.path, buf.getvalue())
+
+    def remove(self, keys: set[RowKey]) -> int:
+        """Drop the rows with these keys; returns how many went."""
+        with file_lock(self.lock_path):
+            rows = self.read()
+            keep = [r for r in rows if self.key(r) not in keys]
+            if len(keep) != len(rows):
+                self.write(keep)
+            return len(rows) - len(keep)
+
+    def append(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Append the rows whose key is not in the table yet; returns how many were added."""
+        rows = list(rows)
+        if not rows:
+            return 0
+        with file_lock(self.lock_path):
+            existing = self.read()
+            have = {self.key(r) for r in existing}
+            new = []
+            for r in rows:
+                k = self.key(r)
+                if k not in have:
+                    have.add(k)
+                    new.append(r)
+            if not new:
+                return 0
+            self.write(existing + new)
+            return len(new)
+
+
+def trial_row(key: RowKey, trial: Trial, rec: Mapping[str, Any], epochs: int, seed: int) -> dict[str, Any]:
+    """The table row of a finished trial for one of its keys (an ok run with a non-finite score is failed)."""
+    stage, opt, idx, task = key
+    sample = trial.sample
+    status = effective_status(rec)
+    error = rec.get("error") or ""
+    score = rec.get("score")
+    if status != rec.get("status"):
+        error = f"non-finite score ({score})"
+    best = rec.get("best") or {}
+    metrics = {k: v for k, v in best.items() if k not in ("epoch", "score")}
+    return {
+        "stage": stage,
+        "option": opt,
+        "index": idx,
+        "task": task,
+        "trial_id": trial.trial_id,
+        "design": sample.compact,
+        "design_hash": sample.digest,
+        "design_file": sample.design_file,
+        "group_sizes": "-".join(map(str, sample.groups)),
+        "tuned": ",".join(map(str, sample.tuned)),
+        "allocation": sample.allocation,
+        "strategies": " | ".join(strategy_label(s) if s else "-" for s in sample.strategies),
+        "sizes": sample.sizes,
+        "trainable_params": rec.get("trainable_params") or sample.trainable_params,
+        "budget_params": sample.budget_params,
+        "metrics": json.dumps(metrics, sort_keys=True) if metrics else "",
+        "score": f"{score:.4f}" if status == "ok" else "",
+        "epochs": epochs,
+        "seed": seed,
+        "wall_time_s": f"{float(rec.get('wall_time_s') or 0):.1f}",
+        "device": rec.get("device") or "",
+        "status": status,
+        "error": str(error).replace("\n", " ")[:500],
+    }

@@ -1,0 +1,55 @@
+"""Fixtures of the search tests: a stand-in for training (fast searches through Hydra's basic launcher)
+and the arguments of a small search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .helpers import fake_score
+
+
+@pytest.fixture()
+def fake_training(monkeypatch):
+    """Replace peftds.train.job.train_job (what a trial runs) by a stand-in writing the same result.json."""
+    from omegaconf import OmegaConf
+
+    import peftds.train.job as training
+    from peftds.train.record import RunRecord
+
+    calls: list[dict] = []
+    rules: dict = {}
+
+    def fake(cfg, run_dir=None):
+        run_dir = Path(run_dir)
+        design = OmegaConf.to_container(cfg.design, resolve=True)
+        calls.append({"run_dir": str(run_dir), "design": design, "task": cfg.task.name, "trial": dict(cfg.trial)})
+        rec = RunRecord(run_dir, task=cfg.task.name, design=design["name"], seed=int(cfg.seed),
+                        trial=OmegaConf.to_container(cfg.trial))  # fmt: skip
+        assert cfg.train.eval_split == "heldout" and cfg.train.progress is False
+        g1 = design["strategies"][0]
+        if rules.get("crash") and rules["crash"](design):
+            rec.update(status="failed", error="RuntimeError: simulated crash", wall_time_s=0.01)
+            return rec.data
+        if rules.get("raise") and rules["raise"](design):
+            raise RuntimeError("crash outside train_job's own handler")
+        score = float("nan") if (rules.get("nan") and rules["nan"](design)) else fake_score(design)
+        best = {"epoch": 1, "accuracy": score, "score": score}
+        rec.update(status="ok", score=score, best=best, last=best, epochs=[best], wall_time_s=0.01,
+                   trainable_params=1000, g1=g1)  # fmt: skip
+        return rec.data
+
+    monkeypatch.setattr(training, "train_job", fake)
+    return calls, rules
+
+
+@pytest.fixture()
+def args(data_dir):
+    """The arguments of a small search in <tmp_path>/s (plus extra ones)."""
+
+    def make(tmp_path, *extra):
+        return ["model=tiny_roberta", "search=tiny", f"data.dir={data_dir}", f"search.dir={tmp_path / 's'}",
+                "search.tasks=[sst2]", *extra]  # fmt: skip
+
+    return make

@@ -1,0 +1,63 @@
+"""A trial (peftds.search.trial): its identity, its record's status, the outcome of a Hydra job read
+through the public JobReturn API, a crashing trial recorded with its error text, GPU slots."""
+
+from __future__ import annotations
+
+import os
+
+from hydra.core.utils import JobReturn, JobStatus
+
+import peftds.search.trial as trial
+from peftds.files import try_lock_forever
+from peftds.search.launch import run_search
+from peftds.search.trial import effective_status, job_error, launcher_error, trial_id
+
+from .helpers import quiet, rows
+
+
+def test_trial_identity_is_stable():
+    """Existing search dirs find their finished trials by this id: it must not change."""
+    assert trial_id("0123abcd4567", "sst2", 42, "3a173544") == "0123abcd4567-sst2-s42-r3a173544"
+
+
+def test_effective_status_counts_a_missing_or_nan_score_as_failed():
+    assert effective_status(None) is None
+    assert effective_status({"status": "ok", "score": 71.5}) == "ok"
+    assert effective_status({"status": "ok", "score": float("nan")}) == "failed"
+    assert effective_status({"status": "ok"}) == "failed"
+    assert effective_status({"status": "failed", "score": None}) == "failed"
+
+
+def test_job_outcome_through_the_public_job_return(capsys):
+    done = JobReturn(status=JobStatus.COMPLETED)
+    done.return_value = {"status": "ok"}
+    assert job_error(done) is None
+    crashed = JobReturn(overrides=["task=sst2"], status=JobStatus.FAILED)
+    crashed.return_value = RuntimeError("CUDA out of memory")
+    assert job_error(crashed) == "RuntimeError: CUDA out of memory"
+    assert "Error executing job" not in capsys.readouterr().err  # the error goes to the trial's row
+    assert "no result" in job_error(JobReturn())
+    assert launcher_error(OSError("job 12 died\nmore")) == "launcher error: OSError: job 12 died"
+
+
+def test_a_crashing_trial_is_recorded_as_failed_with_its_error(tmp_path, fake_training, args):
+    calls, rules = fake_training
+    rules["raise"] = lambda d: d["allocation"] == "uniform"
+    assert run_search(args(tmp_path, "stage=allocation", "search.report=false"), echo=quiet) == 1
+    table = {r["option"]: r for r in rows(tmp_path / "s" / "allocation" / "trials.csv")}
+    assert table["uniform"]["status"] == "failed"
+    assert table["uniform"]["error"] == "RuntimeError: crash outside train_job's own handler"
+    assert table["increasing"]["status"] == "ok" and len(calls) == 3
+
+
+def test_each_worker_claims_one_free_gpu_slot(tmp_path, monkeypatch):
+    monkeypatch.setattr(trial, "GPU_SLOT", {})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    held = try_lock_forever(tmp_path / trial.GPU_SLOT_LOCK.format(0))  # another worker holds slot 0
+    try:
+        assert trial.claim_gpu_slot(2, tmp_path, timeout_s=5) == 1
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+        assert trial.claim_gpu_slot(2, tmp_path) == 1  # a process keeps its slot
+    finally:
+        held.close()
+        trial.GPU_SLOT["fh"].close()
