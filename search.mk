@@ -1,4 +1,4 @@
-# Design-space search targets (issue #4). Included by the Makefile (`include search.mk`); uses its
+# Design-space search targets. Included by the Makefile (`include search.mk`); uses its
 # BIN, PEFTDS_DATA and offline settings.
 #
 #   make search-demo            one stage (grouping) on the real MiniLM-L6 + local SST-2, CPU, offline

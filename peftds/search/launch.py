@@ -34,6 +34,7 @@ FILE_GROUPS = ("search", "stage", "space")  # groups whose value may be a YAML f
 GROUP_DEFAULTS = (("search", "default"), ("stage", "grouping"), ("space", "s0"))
 CONF_SUBDIR = "conf"  # <search dir>/conf: a Hydra search path (file groups copied here, sampled designs)
 SEARCH_LOCK = ".search.lock"
+PRIMARY_CONFIG = "config"  # conf/config.yaml, the primary config every command composes
 # keys the search dir decides: given by the user they would send trials elsewhere
 DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
 # arguments that do not change what a search computes (left out of the default search dir's name)
@@ -50,7 +51,7 @@ def override_key(arg: str) -> str:
 
 def primary_groups() -> set[str]:
     """The config groups conf/config.yaml has a default for (no `+` needed to select them)."""
-    cfg = yaml.safe_load((conf_dir() / "config.yaml").read_text()) or {}
+    cfg = yaml.safe_load((conf_dir() / f"{PRIMARY_CONFIG}.yaml").read_text()) or {}
     groups = set()
     for d in cfg.get("defaults") or []:
         if isinstance(d, dict):
@@ -271,7 +272,7 @@ def hydra_session(overrides: list[str]) -> Iterator[tuple[Any, Any]]:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="search"):
             loader = GlobalHydra.instance().config_loader()
             try:
-                cfg = loader.load_configuration(config_name="config", overrides=overrides, run_mode=RunMode.MULTIRUN)
+                cfg = loader.load_configuration(PRIMARY_CONFIG, overrides, run_mode=RunMode.MULTIRUN)
             except Exception as e:
                 raise PeftdsError(hydra_error_line(e)) from None
             HydraConfig.instance().set_config(cfg)
