@@ -1,4 +1,5 @@
-"""The `peftds` command: inspect output and one-line errors for bad input."""
+"""The `peftds` command (peftds.cli): usage, per-command --help and --cfg, one-line errors, the
+design naming its model, the installed console script."""
 import json
 import os
 import subprocess
@@ -6,49 +7,7 @@ import sys
 
 import pytest
 
-from peftds.cli import main
-
-LAYER_KEYS = {"index", "stack", "group", "modules"}
-
-
-def run_main(capsys, *argv):
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def test_inspect_json_schema(capsys):
-    code, out, err = run_main(capsys, "inspect", "model=tiny_t5", "design=spindle_t5base", "format=json")
-    assert code == 0
-    rep = json.loads(out)  # stdout is exactly one JSON object
-    for key, typ in {"model": str, "backbone_params": int, "budget_params": int, "trainable_params": int,
-                     "head_params": int, "groups": list, "layers": list}.items():
-        assert isinstance(rep[key], typ), key
-    assert rep["model"] == "tiny_t5" and rep["groups"] == [4, 8, 8, 4]
-    assert len(rep["layers"]) == 24
-    total = 0
-    for i, layer in enumerate(rep["layers"]):
-        assert LAYER_KEYS <= set(layer) and layer["index"] == i
-        assert layer["stack"] == ("encoder" if i < 12 else "decoder")
-        assert 1 <= layer["group"] <= 4
-        for name, m in layer["modules"].items():
-            assert name in {"adapter", "prefix", "lora", "bitfit"}
-            assert ("size" in m) == (name != "bitfit") and isinstance(m["params"], int)
-            total += m["params"]
-    assert set(rep["layers"][0]["modules"]) == {"adapter", "lora"}
-    assert set(rep["layers"][23]["modules"]) == {"prefix", "bitfit", "lora"}
-    assert total == rep["trainable_params"] <= rep["budget_params"]
-
-
-def test_inspect_override_shape(capsys):
-    code, out, _ = run_main(capsys, "inspect", "model=tiny_t5", "model.shape.d_kv=16", "design=lora", "format=json")
-    assert code == 0
-    assert json.loads(out)["layers"][0]["modules"]["lora"]["params"] % (64 + 64) == 0  # r·(d_in+d_out), h·d_kv=64
-
-
-def test_inspect_table(capsys):
-    code, out, _ = run_main(capsys, "inspect", "model=minilm_l6", "design=lora")
-    assert code == 0 and "trainable" in out and "backbone params" in out and "lora(r=" in out
+from tests.helpers import run_main
 
 
 @pytest.mark.parametrize(
@@ -69,16 +28,6 @@ def test_bad_input_is_one_clear_line(capsys, argv, culprit):
     assert code != 0
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and culprit in lines[0] and "Traceback" not in err
-
-
-def test_design_file_path(tmp_path, capsys):
-    f = tmp_path / "mine.yaml"
-    f.write_text("name: mine\ngrouping: {groups: 2, sizes: [2, 4]}\ntuned: [2]\nallocation: uniform\n"
-                 "strategies: [[lora], [adapter, bitfit]]\n")
-    code, out, _ = run_main(capsys, "inspect", "model=tiny_bert", f"design={f}", "format=json")
-    assert code == 0
-    rep = json.loads(out)
-    assert rep["groups"] == [2, 4] and rep["layers"][0]["modules"] == {}
 
 
 def test_console_script_runs_offline():

@@ -6,8 +6,7 @@ import torch
 
 from peftds.model.strategies.prefix import PREFIX_ATTR, WRAPPED, _causal_with_prefix, _extended
 
-from strategy_helpers import FAMILIES, SEQ2SEQ, apply_plan, batch, frozen, outputs, uniform_plan
-from strategy_helpers import one_thread  # noqa: F401  (autouse fixture)
+from tests.model.helpers import FAMILIES, SEQ2SEQ, apply_plan, batch, frozen, outputs, uniform_plan
 
 P = 3
 

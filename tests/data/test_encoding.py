@@ -12,14 +12,14 @@ LOCAL = ["cola", "sst2", "mrpc", "rte", "stsb", "wnli"]
 N = 16
 
 
-def rows_of(name, data_root, conf_dir):
+def rows_of(name, data_dir, conf_dir):
     """First N dev rows of a task (QNLI: its local dev file; QQP/MNLI: rows in the hub schema)."""
     task = load_task(name, conf_dir)
     if name in LOCAL + ["xsum", "wmt16_en_ro"]:
-        dd = D.load_splits(task, {"dir": str(data_root), "max_eval_samples": None})
+        dd = D.load_splits(task, {"dir": str(data_dir), "max_eval_samples": None})
         return task, dd["validation"].select(range(N))
     if name == "qnli":
-        ds = datasets.load_dataset("json", data_files=str(data_root / "glue/qnli/validation.jsonl"), split="train")
+        ds = datasets.load_dataset("json", data_files=str(data_dir / "glue/qnli/validation.jsonl"), split="train")
         return task, ds.select(range(N))
     if name == "qqp":
         return task, datasets.Dataset.from_dict(
@@ -38,8 +38,8 @@ CLASSIF = ["cola", "sst2", "mrpc", "rte", "wnli", "qnli", "qqp", "mnli"]
 
 
 @pytest.mark.parametrize("name", CLASSIF + ["stsb"])
-def test_encoder_encoding(name, tokenizer, data_root, conf_dir):
-    task, raw = rows_of(name, data_root, conf_dir)
+def test_encoder_encoding(name, tokenizer, data_dir, conf_dir):
+    task, raw = rows_of(name, data_dir, conf_dir)
     enc = D.encode(task, tokenizer, raw, "encoder", 64, None)
     assert {"input_ids", "attention_mask", "labels", "length"} <= set(enc.column_names)
     assert not set(raw.column_names) & set(enc.column_names) - {"labels"}
@@ -58,9 +58,9 @@ def test_encoder_encoding(name, tokenizer, data_root, conf_dir):
 
 
 @pytest.mark.parametrize("name", CLASSIF)
-def test_seq2seq_classification_encoding(name, s2s_tokenizer, data_root, conf_dir):
+def test_seq2seq_classification_encoding(name, s2s_tokenizer, data_dir, conf_dir):
     tok = s2s_tokenizer
-    task, raw = rows_of(name, data_root, conf_dir)
+    task, raw = rows_of(name, data_dir, conf_dir)
     enc = D.encode(task, tok, raw, "seq2seq", 128, 8)
     lw = D.label_word_ids(task, tok)
     assert len(lw) == task.num_labels and all(ids[-1] == tok.eos_token_id for ids in lw)
@@ -75,20 +75,20 @@ def test_seq2seq_classification_encoding(name, s2s_tokenizer, data_root, conf_di
         assert task.decode(tok.decode(e["labels"], skip_special_tokens=True)) == r["label"]
 
 
-def test_seq2seq_label_maps_on_real_rows(s2s_tokenizer, data_root, conf_dir):
+def test_seq2seq_label_maps_on_real_rows(s2s_tokenizer, data_dir, conf_dir):
     """RTE/QNLI label 0 is 'entailment'; WNLI label 1 is 'entailment' (README / HF glue schema)."""
     tok = s2s_tokenizer
     for name, ent in (("rte", 0), ("qnli", 0), ("wnli", 1)):
-        task, raw = rows_of(name, data_root, conf_dir)
+        task, raw = rows_of(name, data_dir, conf_dir)
         enc = D.encode(task, tok, raw, "seq2seq", 128, 8)
         for e in enc:
             text = tok.decode(e["labels"], skip_special_tokens=True)
             assert (text == "entailment") == (e["label_index"] == ent), (name, text, e["label_index"])
 
 
-def test_seq2seq_stsb_targets(s2s_tokenizer, data_root, conf_dir):
+def test_seq2seq_stsb_targets(s2s_tokenizer, data_dir, conf_dir):
     tok = s2s_tokenizer
-    task, raw = rows_of("stsb", data_root, conf_dir)
+    task, raw = rows_of("stsb", data_dir, conf_dir)
     enc = D.encode(task, tok, raw, "seq2seq", 128, 8)
     assert raw[1]["label"] == 4.75
     assert tok.decode(enc[1]["labels"], skip_special_tokens=True).replace(" ", "") == "4.8"
@@ -105,9 +105,9 @@ def test_seq2seq_stsb_targets(s2s_tokenizer, data_root, conf_dir):
 
 
 @pytest.mark.parametrize("name,src_len,tgt_len", [("xsum", 512, 64), ("wmt16_en_ro", 128, 128)])
-def test_seq2seq_generation_encoding(name, src_len, tgt_len, s2s_tokenizer, data_root, conf_dir):
+def test_seq2seq_generation_encoding(name, src_len, tgt_len, s2s_tokenizer, data_dir, conf_dir):
     tok = s2s_tokenizer
-    task, raw = rows_of(name, data_root, conf_dir)
+    task, raw = rows_of(name, data_dir, conf_dir)
     assert (task.max_source_len, task.max_target_len) == (src_len, tgt_len)
     enc = D.encode(task, tok, raw, "seq2seq")  # lengths from the task config
     assert "label_index" not in enc.column_names
@@ -122,18 +122,18 @@ def test_seq2seq_generation_encoding(name, src_len, tgt_len, s2s_tokenizer, data
     assert max(short["length"]) == 16 and all(len(x) <= 5 and x[-1] == tok.eos_token_id for x in short["labels"])
 
 
-def test_generation_task_rejects_encoder(tokenizer, data_root, conf_dir):
-    task, raw = rows_of("xsum", data_root, conf_dir)
+def test_generation_task_rejects_encoder(tokenizer, data_dir, conf_dir):
+    task, raw = rows_of("xsum", data_dir, conf_dir)
     with pytest.raises(PeftdsError, match="text-to-text"):
         D.encode(task, tokenizer, raw, "encoder")
     with pytest.raises(PeftdsError, match="kind"):
         D.encode(task, tokenizer, raw, "decoder")
 
 
-def test_references(data_root, conf_dir):
-    task, raw = rows_of("stsb", data_root, conf_dir)
+def test_references(data_dir, conf_dir):
+    task, raw = rows_of("stsb", data_dir, conf_dir)
     assert D.references(task, raw)[:2] == [5.0, 4.75]
-    task, raw = rows_of("sst2", data_root, conf_dir)
+    task, raw = rows_of("sst2", data_dir, conf_dir)
     assert D.references(task, raw) == list(raw["label"])
 
 

@@ -6,8 +6,7 @@ import torch
 
 from peftds.model.strategies.lora import LoRALinear
 
-from strategy_helpers import apply_plan, batch, build_model, frozen, outputs, uniform_plan
-from strategy_helpers import one_thread  # noqa: F401  (autouse fixture)
+from tests.model.helpers import apply_plan, batch, build_model, frozen, outputs, uniform_plan
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 

@@ -6,8 +6,7 @@ import torch
 
 from peftds.model.strategies.adapter import AdapterWrapped
 
-from strategy_helpers import FAMILIES, apply_plan, batch, frozen, outputs, uniform_plan
-from strategy_helpers import one_thread  # noqa: F401  (autouse fixture)
+from tests.model.helpers import FAMILIES, apply_plan, batch, frozen, outputs, uniform_plan
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -1,10 +1,21 @@
-"""Grouping patterns (SPEC §2)."""
+"""Grouping patterns (peftds.design.grouping, SPEC §2): the pattern rules, complete enumeration,
+seeded sampling, errors; all_groupings and feasible_groupings agree."""
+
+from __future__ import annotations
+
+import itertools
 import random
 
 import pytest
 
+from peftds.design.grouping import PATTERNS, all_groupings, feasible_groupings, sample_grouping, satisfies
 from peftds.errors import InfeasibleDesign, PeftdsError
-from peftds.design.grouping import PATTERNS, feasible_groupings, sample_grouping, satisfies
+
+
+def test_feasible_groupings_unchanged():
+    """The existing pattern enumeration keeps its behaviour (all_groupings only adds pattern=None)."""
+    assert all_groupings(6, 4, "spindle") == feasible_groupings(6, 4, "spindle") == ((1, 2, 2, 1),)
+    assert len(all_groupings(6, 4)) == 10  # C(5, 3)
 
 
 @pytest.mark.parametrize(
@@ -32,8 +43,6 @@ def test_satisfies(sizes, pattern, ok):
 @pytest.mark.parametrize("num_layers,k", [(24, 4), (12, 4), (6, 4), (12, 3)])
 def test_enumeration_is_complete_and_valid(pattern, num_layers, k):
     """Brute force over all K-tuples: enumeration == every composition satisfying the pattern."""
-    import itertools
-
     brute = {
         s for s in itertools.product(range(1, num_layers + 1), repeat=k) if sum(s) == num_layers and satisfies(s, pattern)
     }

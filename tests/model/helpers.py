@@ -1,38 +1,19 @@
-"""Tiny random-initialised models of the four families and small helpers for the strategy tests.
+"""Tiny random-initialised models of the four families and small helpers for the strategy tests
+(imported as ``tests.model.helpers``)."""
 
-(Named ``strategy_helpers`` rather than ``helpers`` so it cannot clash with another test folder's
-helper module under pytest's default ``prepend`` import mode.)
-"""
 from __future__ import annotations
 
-import os
+import torch
+from torch import nn
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-import pytest  # noqa: E402
-
-from peftds.model.backbones import Backbone  # noqa: E402
-from peftds.model.strategies import APPLY_ORDER, LayerShape, get_strategy  # noqa: E402
+from peftds.model.backbones import Backbone
+from peftds.model.strategies import APPLY_ORDER, LayerShape, get_strategy
 
 VOCAB = 128
 FAMILIES = ("t5", "bart", "bert", "roberta")
 SEQ2SEQ = ("t5", "bart")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: intra-op threading only adds overhead (restored after each test).
-
-    Autouse in every strategy test module that imports it."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def build_model(family: str, attn: str = "sdpa", seed: int = 0) -> nn.Module:

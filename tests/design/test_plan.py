@@ -12,14 +12,7 @@ from peftds.errors import InfeasibleDesign, PeftdsError
 from peftds.design.grouping import PATTERNS, satisfies
 from peftds.model.strategies import NAMES, get_strategy
 
-FAMILIES = ["tiny_t5", "tiny_bart", "tiny_roberta", "tiny_bert"]
-
-
-@pytest.fixture(scope="module")
-def model_cfgs():
-    from peftds.config.compose import compose
-
-    return {m: compose([f"model={m}"]) for m in FAMILIES}
+from tests.helpers import TINY_MODELS as FAMILIES
 
 
 def random_design(rng: random.Random) -> dict:
@@ -41,9 +34,9 @@ def random_design(rng: random.Random) -> dict:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_property_random_designs(family, model_cfgs):
+def test_property_random_designs(family, tiny_model_cfgs):
     """plan count == built requires_grad count, <= B, >= 95% of B when scalable, pattern respected."""
-    cfg = model_cfgs[family]
+    cfg = tiny_model_cfgs[family]
     rng = random.Random(family)
     fraction = float(cfg.budget.fraction)
     checked = infeasible = 0
@@ -69,7 +62,7 @@ def test_property_random_designs(family, model_cfgs):
         checked += 1
 
 
-def test_real_model_count_matches_plan(model_cfgs):
+def test_real_model_count_matches_plan(tiny_model_cfgs):
     """On real (non-meta) tensors too, for the paper design on tiny T5."""
     from peftds.config.compose import compose
 
@@ -81,8 +74,8 @@ def test_real_model_count_matches_plan(model_cfgs):
     assert trainable and all(("shared" not in n) for n in trainable)
 
 
-def test_plan_mismatch_is_an_error(model_cfgs):
-    cfg = model_cfgs["tiny_bert"]
+def test_plan_mismatch_is_an_error(tiny_model_cfgs):
+    cfg = tiny_model_cfgs["tiny_bert"]
     bb = Backbone(build_model(cfg.model, num_labels=2))
     design = Design.from_config({"name": "x", "grouping": {"groups": 1}, "strategies": [["lora"]]})
     plan = design.resolve(layer_shapes(bb), bb.backbone_params(), budget_params(0.02, bb.backbone_params()))
@@ -107,8 +100,8 @@ def test_design_errors_name_the_culprit():
         d.resolve([None] * 6, 10**6, 5000)
 
 
-def test_plan_round_trip_and_digest(model_cfgs):
-    cfg = model_cfgs["tiny_t5"]
+def test_plan_round_trip_and_digest(tiny_model_cfgs):
+    cfg = tiny_model_cfgs["tiny_t5"]
     from peftds.config.compose import compose
 
     d = compose(["model=tiny_t5", "design=spindle"]).design

@@ -4,8 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from strategy_helpers import FAMILIES, SEQ2SEQ, apply_plan, batch, frozen, uniform_plan
-from strategy_helpers import one_thread  # noqa: F401  (autouse fixture)
+from tests.model.helpers import FAMILIES, SEQ2SEQ, apply_plan, batch, frozen, uniform_plan
 
 # Adapters use smooth activations here: with a ReLU bottleneck of 3 units on a tiny random model some
 # adapters legitimately start with all units dead for the whole batch (no gradient anywhere).

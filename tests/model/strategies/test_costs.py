@@ -9,8 +9,7 @@ from peftds.model.strategies.adapter import AdapterWrapped
 from peftds.model.strategies.lora import LoRALinear
 from peftds.model.strategies.prefix import ENCODER_ATTR, PREFIX_ATTR
 
-from strategy_helpers import FAMILIES, apply_plan, frozen, trainable
-from strategy_helpers import one_thread  # noqa: F401  (autouse fixture)
+from tests.model.helpers import FAMILIES, apply_plan, frozen, trainable
 
 VARIANTS = [
     ("adapter", {}),

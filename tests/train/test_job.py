@@ -94,15 +94,6 @@ def test_diverging_loss_stops_the_run(tmp_path, data_dir, lr):
     assert len(out) == 1 and "diverged" in out[0] and "train.lr" in out[0] and "Traceback" not in proc.stderr
 
 
-def test_divergence_rule():
-    from peftds.train.trainer import divergence
-
-    assert divergence(float("nan"), 0.7, 1000) and divergence(float("inf"), None, 1000)
-    assert divergence(701.0, 0.7, 1000) and not divergence(699.0, 0.7, 1000)
-    assert not divergence(5.0, 0.7, 1000) and not divergence(0.9, 1e-6, 1000)  # a loss <= 1 never diverges
-    assert not divergence(1e9, None, 1000)  # no reference yet: only non-finite counts
-
-
 def test_missing_data_file_names_the_path(tmp_path):
     rec = run(tmp_path, "model=tiny_bert", "task=sst2", f"data.dir={tmp_path}/nodata", "data.source=local")
     assert rec["status"] == "failed" and f"{tmp_path}/nodata" in rec["error"]
