@@ -88,7 +88,7 @@ bench() {  # bench <limit_s> <name> overrides...  (the limit is cut to what is l
     fi
     echo "== $name (limit ${limit}s): peftds bench $*" | tee -a "$LOG"
     local t0=$SECONDS
-    timeout "$limit" "$PY" -m peftds.bench bench "$@" "bench.out=$OUTDIR/$name.json" 2>&1 | tee -a "$LOG"
+    timeout "$limit" "$PY" -m peftds.bench.cli bench "$@" "bench.out=$OUTDIR/$name.json" 2>&1 | tee -a "$LOG"
     local rc=${PIPESTATUS[0]}
     echo "== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$LOG"
     return "$rc"
@@ -115,7 +115,7 @@ for n in designs spindle_t5base ${DESIGNS//,/ } compiled; do
     [[ -f "$OUTDIR/gpu_bench_$n.json" ]] && files+=("$OUTDIR/gpu_bench_$n.json")
 done
 if (( ${#files[@]} )); then
-    "$PY" -m peftds.bench --table "${files[@]}" 2>&1 | tee -a "$LOG"
+    "$PY" -m peftds.bench.tables "${files[@]}" 2>&1 | tee -a "$LOG"
 else
     echo "gpu_bench: no bench finished (see $LOG)" | tee -a "$LOG"
     exit 1
