@@ -1,7 +1,7 @@
 """The bench commands: ``peftds bench``, ``peftds bench-data``, ``peftds bench-eval``.
 
 Only these commands compose the ``bench`` config group (``+bench=default``, or ``+bench=<name>`` for a
-user's ``bench=<name>``); each reads its composed config once (:meth:`BenchConfig.from_config`) and
+user's ``bench=<name>``); each reads its composed config once (:meth:`BenchSettings.from_config`) and
 writes its JSON record to ``bench.out`` when given, else into ``hydra.run.dir`` when given, else to
 ``outputs/<command>/<time>/``.
 
@@ -20,14 +20,15 @@ from typing import Any
 from peftds.bench.data import data_table, run_bench_data
 from peftds.bench.device import cpu_threads
 from peftds.bench.eval import eval_table, run_bench_eval
-from peftds.bench.settings import BenchConfig
+from peftds.bench.settings import BenchSettings
 from peftds.bench.step import run_bench, table
 from peftds.bench.tables import merge_tables
-from peftds.config.compose import compose, plain
+from peftds.config.compose import compose_for, plain
 from peftds.errors import PeftdsError
 from peftds.files import write_json_atomic
 
 RUN_DIR_KEY = "hydra.run.dir"
+GROUPS = ("bench",)  # the optional config group the bench commands compose
 
 
 def parse_overrides(argv: Sequence[str]) -> list[Any]:
@@ -41,23 +42,16 @@ def parse_overrides(argv: Sequence[str]) -> list[Any]:
         raise PeftdsError(" ".join(str(e).split())) from None
 
 
-def bench_overrides(argv: Sequence[str], default_model: str | None = None) -> list[str]:
-    """The overrides a bench command composes with: the ``bench`` group added (``bench=<name>`` becomes
-    ``+bench=<name>``, else ``+bench=default`` comes first) and ``model=<default_model>`` where no
-    model is chosen."""
-    out, has_bench, has_model = [], False, False
-    for arg, ov in zip(argv, parse_overrides(argv)):
-        if ov.key_or_group == "bench" and ov.package is None:
-            has_bench = True
-            if not ov.is_add() and not ov.is_delete() and not arg.startswith("+"):
-                arg = f"+{arg}"
-        has_model = has_model or (ov.key_or_group == "model" and ov.package is None)
-        out.append(arg)
-    if default_model and not has_model:
-        out.insert(0, f"model={default_model}")
-    if not has_bench:
-        out.insert(0, "+bench=default")
-    return out
+def with_default_model(argv: Sequence[str], model: str) -> list[str]:
+    """``model=<model>`` first when the overrides choose no model (bench-eval needs a text-to-text one)."""
+    chosen = any(ov.key_or_group == "model" and ov.package is None for ov in parse_overrides(argv))
+    return list(argv) if chosen else [f"model={model}", *argv]
+
+
+def read_config(argv: Sequence[str]) -> BenchSettings:
+    """The composed config of a bench command (``+bench=default``, or ``+bench=<name>`` for ``bench=<name>``),
+    read once."""
+    return BenchSettings.from_config(compose_for(GROUPS, argv))
 
 
 def run_dir_of(argv: Sequence[str]) -> Path | None:
@@ -94,7 +88,7 @@ def extra_designs(overrides: Sequence[str], designs: Sequence[str]) -> dict[str,
     for extra in designs:
         name = f"design:{Path(extra).stem}"
         try:
-            out[name] = dict(plain(compose([*keep, f"design={extra}"]).design))
+            out[name] = dict(plain(compose_for(GROUPS, [*keep, f"design={extra}"]).design))
         except Exception as e:
             out[name] = f"{type(e).__name__}: {e}"
     return out
@@ -111,29 +105,27 @@ def finish(rec: dict[str, Any], path: Path, text: str) -> int:
 
 def cmd_bench(argv: list[str]) -> int:
     """``peftds bench``: time the variants' training steps (``bench.epoch=true``: also the bench-data report)."""
-    overrides = bench_overrides(argv)
-    bc = BenchConfig.from_config(compose(overrides))
-    designs = extra_designs(overrides, bc.bench.designs)
-    rec = run_bench(bc.subject, bc.bench, designs)
+    bc = read_config(argv)
+    rec = run_bench(bc.run, bc.bench, extra_designs(argv, bc.bench.designs))
     text = table(rec)
     if bc.bench.epoch:
-        rec["epoch"] = run_bench_data(bc.subject, bc.bench, bc.data)
+        rec["epoch"] = run_bench_data(bc.run, bc.bench)
         text += "\n\n" + data_table(rec["epoch"])
     return finish(rec, out_path(bc.bench.out, run_dir_of(argv), "bench"), text)
 
 
 def cmd_bench_data(argv: list[str]) -> int:
     """``peftds bench-data``: padded tokens and epoch time of the batching schemes on real task data."""
-    bc = BenchConfig.from_config(compose(bench_overrides(argv)))
-    rec = run_bench_data(bc.subject, bc.bench, bc.data)
+    bc = read_config(argv)
+    rec = run_bench_data(bc.run, bc.bench)
     return finish(rec, out_path(bc.bench.out, run_dir_of(argv), "bench_data"), data_table(rec))
 
 
 def cmd_bench_eval(argv: list[str]) -> int:
     """``peftds bench-eval``: label-word ranking vs greedy generation (default model: tiny_t5)."""
-    bc = BenchConfig.from_config(compose(bench_overrides(argv, default_model="tiny_t5")))
+    bc = read_config(with_default_model(argv, "tiny_t5"))
     with cpu_threads(bc.bench.threads):  # bench-eval runs on the CPU
-        rec = run_bench_eval(bc.subject, bc.eval)
+        rec = run_bench_eval(bc.run, bc.bench.eval)
     return finish(rec, out_path(bc.bench.out, run_dir_of(argv), "bench_eval"), eval_table(rec))
 
 

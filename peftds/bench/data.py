@@ -14,7 +14,8 @@ import torch
 
 from peftds.bench.device import cpu_threads, resolve_device, sync, use_bf16
 from peftds.bench.loop import make_optimizer, train_step, trainable
-from peftds.bench.settings import DataSettings, StepSettings, Subject
+from peftds.bench.settings import model_name, tokenizer_name
+from peftds.config.sections import BenchConfig
 from peftds.data.batching import (
     DEFAULT_MEGA_BATCHES,
     Collator,
@@ -27,6 +28,7 @@ from peftds.data.loading import encode, load_splits
 from peftds.data.tasks import Task, load_task
 from peftds.design.apply import build
 from peftds.model.backbones import hf_config, model_kind
+from peftds.run_config import RunConfig
 from peftds.train.setup import load_tokenizer, quiet_libraries
 
 
@@ -64,7 +66,7 @@ def padding_figures(
 
 
 def epoch_timing(
-    subject: Subject,
+    run: RunConfig,
     task: Task,
     encoded: Any,
     seq2seq: bool,
@@ -76,7 +78,7 @@ def epoch_timing(
     device: torch.device,
     bf16: bool,
 ) -> dict[str, Any]:
-    """Train ``subject``'s design one epoch over a sample of ``encoded`` with each batching scheme; wall time
+    """Train ``run``'s design one epoch over a sample of ``encoded`` with each batching scheme; wall time
     of the steps (collation included: it is part of an epoch's cost)."""
     n = min(int(sample), len(encoded))
     idx = np.sort(np.random.default_rng([seed, 7]).permutation(len(encoded))[:n])
@@ -86,7 +88,7 @@ def epoch_timing(
     lengths = [len(r["input_ids"]) for r in rows]
     num_labels = None if seq2seq else task.num_labels
     torch.manual_seed(seed)
-    built = build(subject.model, subject.design, subject.budget_fraction, num_labels=num_labels, seed=subject.seed)
+    built = build(run.model, run.design_config, run.budget.fraction, num_labels=num_labels, seed=run.seed)
     model = built.model.to(device).train()
     opt = make_optimizer(trainable(model), lr, device)
     pad_id = getattr(model.config, "pad_token_id", 0) or 0
@@ -129,23 +131,25 @@ def epoch_timing(
     return out
 
 
-def run_bench_data(subject: Subject, bench: StepSettings, data: DataSettings) -> dict[str, Any]:
-    """Padding figures of every task in ``data.tasks`` (full training sets); epoch timing on ``data.time_tasks``."""
+def run_bench_data(run: RunConfig, bench: BenchConfig) -> dict[str, Any]:
+    """Padding figures of every task in ``bench.data.tasks`` (full training sets); epoch timing on its
+    ``time_tasks``."""
     quiet_libraries(load_bars=False)
-    hf_cfg, _ = hf_config(subject.model, allow_fallback=False)
+    hf_cfg, _ = hf_config(run.model, allow_fallback=False)
     seq2seq = model_kind(hf_cfg.model_type) == "seq2seq"
-    tokenizer = load_tokenizer(subject.model, seq2seq)
+    tokenizer = load_tokenizer(run.model, seq2seq)
     device = resolve_device(bench.device)
     bf16 = use_bf16(bench.bf16, device)
     rec: dict[str, Any] = {
-        "model": subject.model_name,
-        "tokenizer": subject.tokenizer_name,
-        "design": subject.design_name,
+        "model": model_name(run),
+        "tokenizer": tokenizer_name(run),
+        "design": run.design_config.get("name"),
         "device": str(device),
         "tasks": {},
     }
     # Whole training sets: no held-out carve-out, no subsample.
-    data_cfg = {**subject.data, "heldout": 0, "max_train_samples": None}
+    data_cfg = {**run.data.to_dict(), "heldout": 0, "max_train_samples": None}
+    data = bench.data
     for name in data.tasks:
         task = load_task(name)
         max_len = data.max_len or task.max_source_len
@@ -158,7 +162,7 @@ def run_bench_data(subject: Subject, bench: StepSettings, data: DataSettings) ->
         if name in data.time_tasks and data.time_samples > 0:
             with cpu_threads(bench.threads if device.type == "cpu" else None):
                 entry["timing"] = epoch_timing(
-                    subject,
+                    run,
                     task,
                     enc,
                     seq2seq,

@@ -14,13 +14,15 @@ import torch
 from torch import nn
 
 from peftds.bench.loop import make_optimizer, train_step, trainable
-from peftds.bench.settings import EvalSettings, Subject
+from peftds.bench.settings import model_name
+from peftds.config.sections import BenchEvalConfig
 from peftds.data.batching import Collator, LengthGroupedBatchSampler
 from peftds.data.loading import encode, load_splits
 from peftds.data.tasks import Task
 from peftds.design.apply import load_trained
 from peftds.errors import PeftdsError
 from peftds.model.backbones import build_model, hf_config, model_kind
+from peftds.run_config import RunConfig
 from peftds.train.evaluation import predict
 from peftds.train.setup import load_tokenizer, quiet_libraries
 
@@ -61,19 +63,21 @@ def timed_predict(
     return preds, time.perf_counter() - t0
 
 
-def run_bench_eval(subject: Subject, ev: EvalSettings) -> dict[str, Any]:
+def run_bench_eval(run: RunConfig, ev: BenchEvalConfig) -> dict[str, Any]:
     """Label-word ranking vs free (greedy) generation on a text-to-text classification task."""
     quiet_libraries(load_bars=False)
-    task = Task.from_config(subject.task)
+    task = run.task
+    if task is None:
+        raise PeftdsError("bench-eval needs a task (task=<name>)")
     if task.kind != "classification":
         raise PeftdsError(
             f"bench-eval compares ranking and generation on classification tasks ('{task.name}' is {task.kind})"
         )
-    hf_cfg, _ = hf_config(subject.model, allow_fallback=False)
+    hf_cfg, _ = hf_config(run.model, allow_fallback=False)
     if model_kind(hf_cfg.model_type) != "seq2seq":
         raise PeftdsError("bench-eval needs a text-to-text model (T5, BART), e.g. model=tiny_t5")
-    tokenizer = load_tokenizer(subject.model, True)
-    splits = load_splits(task, subject.data)
+    tokenizer = load_tokenizer(run.model, True)
+    splits = load_splits(task, run.data)
     src_len, tgt_len = task.max_source_len, task.max_target_len
     evals = splits["validation"]
     if ev.samples and len(evals) > ev.samples:
@@ -82,11 +86,11 @@ def run_bench_eval(subject: Subject, ev: EvalSettings) -> dict[str, Any]:
     refs = [int(x) for x in evals[task.label_column]]
     train_loss = None
     if ev.run:
-        model = load_trained(ev.run, subject.model).model
+        model = load_trained(ev.run, run.model).model
         source = f"trained design from {ev.run}"
     else:
-        torch.manual_seed(subject.seed)
-        model = build_model(subject.model)
+        torch.manual_seed(run.seed)
+        model = build_model(run.model)
         source = "backbone as built"
         if ev.train_steps > 0:
             train = splits["train"]
@@ -100,7 +104,7 @@ def run_bench_eval(subject: Subject, ev: EvalSettings) -> dict[str, Any]:
                 ev.train_steps,
                 ev.train_batch_size,
                 ev.train_lr,
-                subject.seed,
+                run.seed,
                 tokenizer.pad_token_id,
             )
             source = f"backbone + {ev.train_steps} full fine-tuning steps (loss {train_loss:.3f})"
@@ -119,7 +123,7 @@ def run_bench_eval(subject: Subject, ev: EvalSettings) -> dict[str, Any]:
         return float(np.mean([p == r for p, r in zip(preds, refs)])) if refs else float("nan")
 
     return {
-        "model": subject.model_name,
+        "model": model_name(run),
         "task": task.name,
         "examples": n,
         "batch_size": ev.batch_size,

@@ -44,10 +44,12 @@ import torch
 
 from peftds.bench.device import autocast_for, cpu_threads, resolve_device, use_bf16
 from peftds.bench.memory import MemoryProbe, process_peak_rss_mb, resident_bytes
-from peftds.bench.settings import StepSettings, Subject
+from peftds.bench.settings import model_name
 from peftds.bench.variants import Variant, build_variants, random_batch
+from peftds.config.sections import BenchConfig
 from peftds.errors import PeftdsError
 from peftds.files import versions
+from peftds.run_config import RunConfig
 from peftds.train.compile import CompiledModel
 from peftds.train.setup import quiet_libraries
 
@@ -103,7 +105,7 @@ def outputs_check(
 
 
 def run_bench(
-    subject: Subject, bench: StepSettings, extra_designs: Mapping[str, Mapping[str, Any] | str] | None = None
+    run: RunConfig, bench: BenchConfig, extra_designs: Mapping[str, Mapping[str, Any] | str] | None = None
 ) -> dict[str, Any]:
     """Build, time and measure every variant; returns the bench.json record."""
     quiet_libraries(load_bars=False)
@@ -112,14 +114,14 @@ def run_bench(
     bf16 = use_bf16(bench.bf16, device)
     with cpu_threads(bench.threads if device.type == "cpu" else None), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notes from peft / transformers
-        rec = time_variants(subject, bench, extra_designs or {}, device, bf16)
+        rec = time_variants(run, bench, extra_designs or {}, device, bf16)
     rec["load_avg_before"] = load_before
     rec["cpu_count"] = os.cpu_count()
     return rec
 
 
 def compile_variants(
-    bench: StepSettings, variants: list[Variant], batch: Mapping[str, torch.Tensor], device: torch.device, bf16: bool
+    bench: BenchConfig, variants: list[Variant], batch: Mapping[str, torch.Tensor], device: torch.device, bf16: bool
 ) -> tuple[dict[str, Any], dict[str, CompiledModel]]:
     """Add the compiled twin of each of ``bench.compile_variants`` to ``variants`` (compiled and checked
     here, two steps); returns the compile record and the compiled models (their stats come after timing)."""
@@ -165,8 +167,8 @@ def compile_variants(
 
 
 def time_variants(
-    subject: Subject,
-    bench: StepSettings,
+    run: RunConfig,
+    bench: BenchConfig,
     extra_designs: Mapping[str, Mapping[str, Any] | str],
     device: torch.device,
     bf16: bool,
@@ -174,7 +176,7 @@ def time_variants(
     """Build the variants, time them in interleaved rounds, measure their memory; the record."""
     t_start = time.time()
     torch.manual_seed(bench.seed)
-    variants, info = build_variants(subject, bench, extra_designs, device)
+    variants, info = build_variants(run, bench, extra_designs, device)
     batch = random_batch(
         variants[0].model, info["seq2seq"], bench.batch_size, bench.source_len, bench.target_len, bench.seed
     )
@@ -201,7 +203,7 @@ def time_variants(
             v.step(batch, device, bf16)
             v.step_mem = probe.end(before)
             v.resident = resident_bytes(v.model, v.opt)
-    return record(subject, bench, device, bf16, variants, info, compile_info, probe.kind, time.time() - t_start)
+    return record(run, bench, device, bf16, variants, info, compile_info, probe.kind, time.time() - t_start)
 
 
 def ratios_of(vs: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
@@ -223,8 +225,8 @@ def ratios_of(vs: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
 
 
 def record(
-    subject: Subject,
-    bench: StepSettings,
+    run: RunConfig,
+    bench: BenchConfig,
     device: torch.device,
     bf16: bool,
     variants: Sequence[Variant],
@@ -254,8 +256,8 @@ def record(
             "last_loss": v.loss,
         }
     return {
-        "model": subject.model_name,
-        "design": subject.design_name,
+        "model": model_name(run),
+        "design": run.design_config.get("name"),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dtype": "bf16-autocast" if bf16 else "fp32",
@@ -384,12 +386,3 @@ def compile_lines(rec: Mapping[str, Any]) -> list[str]:
             )
     return rows
 
-
-def __getattr__(name: str) -> Any:
-    """``CLI_COMMANDS`` for peftds.cli, which still loads bench's commands from this module: they live in
-    peftds.bench.cli (which imports this module, hence the lookup on first use instead of an import)."""
-    if name == "CLI_COMMANDS":
-        from peftds.bench.cli import CLI_COMMANDS
-
-        return CLI_COMMANDS
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,11 +14,13 @@ from torch import nn
 
 from peftds.bench.device import autocast_for, sync
 from peftds.bench.loop import make_optimizer, train_step, trainable
-from peftds.bench.settings import StepSettings, Subject
+from peftds.bench.settings import VARIANTS
+from peftds.config.sections import BenchConfig
 from peftds.design.apply import apply_plan, freeze, resolve
 from peftds.design.budget import budget_params
 from peftds.errors import PeftdsError
 from peftds.model.backbones import Backbone, build_model, count_trainable
+from peftds.run_config import RunConfig
 
 PEFT_TARGETS = {
     "t5": ["q", "v"],
@@ -134,8 +136,8 @@ def fill_special_ids(model: nn.Module) -> dict[str, int]:
 
 
 def build_variants(
-    subject: Subject,
-    bench: StepSettings,
+    run: RunConfig,
+    bench: BenchConfig,
     extra_designs: Mapping[str, Mapping[str, Any] | str],
     device: torch.device,
 ) -> tuple[list[Variant], dict[str, Any]]:
@@ -143,12 +145,12 @@ def build_variants(
 
     ``extra_designs``: ``design:<name>`` -> its design config, or the error that composing it raised
     (reported, the other variants are still timed)."""
-    wanted = list(bench.variants)
+    wanted = list(bench.variants) or list(VARIANTS)
     lr = bench.lr
-    fraction = subject.budget_fraction
+    fraction = run.budget.fraction
 
     t0 = time.time()
-    base = build_model(subject.model, num_labels=2)
+    base = build_model(run.model, num_labels=2)
     filled = fill_special_ids(base)
     probe = Backbone(base)
     n_backbone = probe.backbone_params()
@@ -176,7 +178,7 @@ def build_variants(
 
     def design_variant(name: str, design_cfg: Mapping[str, Any]) -> Variant:
         m, bb = fresh()
-        plan = resolve(bb, design_cfg, fraction, seed=subject.seed, model_cfg=subject.model)
+        plan = resolve(bb, design_cfg, fraction, seed=run.seed, model_cfg=run.model)
         apply_plan(bb, plan)
         m.to(device).train()
         body, head = count_trainable(m, bb)
@@ -191,7 +193,7 @@ def build_variants(
         return Variant(name, label, m, m, optimizer(m), body, head)
 
     if "design" in wanted:
-        variants.append(design_variant("design", subject.design))
+        variants.append(design_variant("design", run.design_config))
     for name, design_cfg in extra_designs.items():
         if isinstance(design_cfg, str):
             info["errors"][name] = design_cfg
@@ -232,7 +234,7 @@ def build_variants(
 def peft_lora_variant(
     fresh: Callable[[], tuple[nn.Module, Backbone]],
     budget: int,
-    alpha: int,
+    alpha: float,
     optimizer: Callable[[nn.Module], torch.optim.Optimizer],
     device: torch.device,
     info: dict[str, Any],

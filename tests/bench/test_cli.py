@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from peftds.bench.cli import bench_overrides, extra_designs, main, out_path, run_dir_of
+from peftds.bench.cli import extra_designs, main, out_path, read_config, run_dir_of, with_default_model
 from peftds.cli import main as peftds_main
 from peftds.config.compose import compose
 from peftds.errors import PeftdsError
@@ -25,15 +25,13 @@ QUICK = [
 
 def test_bench_group_only_for_bench_commands():
     assert "bench" not in compose([])  # what `peftds inspect` / `peftds train` compose
-    assert bench_overrides(["bench.steps=3"]) == ["+bench=default", "bench.steps=3"]
-    assert bench_overrides(["bench=gpu", "model=tiny_t5"]) == ["+bench=gpu", "model=tiny_t5"]
-    assert bench_overrides(["+bench=gpu"]) == ["+bench=gpu"]
-    assert bench_overrides([], default_model="tiny_t5") == ["+bench=default", "model=tiny_t5"]
-    assert bench_overrides(["model=tiny_bart"], default_model="tiny_t5") == ["+bench=default", "model=tiny_bart"]
-    cfg = compose(bench_overrides(["bench.steps=3"]))
-    assert cfg.bench.steps == 3 and cfg.bench.batch_size == 8
-    gpu = compose(bench_overrides(["bench=gpu", "bench.steps=3"]))
-    assert gpu.bench.batch_size == 128 and gpu.bench.steps == 3 and gpu.bench.lora_alpha == 16
+    cfg = read_config(["bench.steps=3"]).bench
+    assert cfg.steps == 3 and cfg.batch_size == 8
+    gpu = read_config(["bench=gpu", "bench.steps=3"]).bench
+    assert gpu.batch_size == 128 and gpu.steps == 3 and gpu.lora_alpha == 16
+    assert read_config(["+bench=gpu"]).bench.batch_size == 128
+    assert with_default_model(["bench.steps=3"], "tiny_t5") == ["model=tiny_t5", "bench.steps=3"]
+    assert with_default_model(["model=tiny_bart"], "tiny_t5") == ["model=tiny_bart"]
 
 
 def test_out_path_order():
@@ -66,8 +64,8 @@ def test_bad_overrides_are_one_line_errors(capsys):
 
 
 def test_extra_designs_composed_per_design():
-    got = extra_designs(bench_overrides(["model=tiny_bert", "design=lora"]), ["adapter", "nonesuch"])
+    got = extra_designs(["model=tiny_bert", "design=lora", "bench.steps=2"], ["adapter", "nonesuch"])
     assert got["design:adapter"]["name"] == "adapter"
     assert isinstance(got["design:nonesuch"], str) and "nonesuch" in got["design:nonesuch"]
     with pytest.raises(PeftdsError):
-        bench_overrides(["bench.steps=["])
+        with_default_model(["bench.steps=["], "tiny_t5")
