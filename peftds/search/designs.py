@@ -11,9 +11,13 @@ from typing import Any
 
 import yaml
 
+from peftds.design.apply import layer_shapes
+from peftds.design.budget import budget_params
+from peftds.design.plan import Design
 from peftds.design.space import Space
 from peftds.errors import PeftdsError
 from peftds.files import BEST_DESIGN, STAGE_FILE, read_json, write_text_atomic
+from peftds.model.backbones import Backbone, build_model
 from peftds.model.strategies import LETTERS, NAMES
 from peftds.search.sampler import sample_designs
 from peftds.search.settings import SearchConfig
@@ -57,11 +61,6 @@ class ModelContext:
 
     @classmethod
     def build(cls, config: SearchConfig) -> ModelContext:
-        from peftds.design.apply import layer_shapes
-        from peftds.design.budget import budget_params
-        from peftds.design.plan import Design
-        from peftds.model.backbones import Backbone, build_model
-
         bb = Backbone(build_model(config.model, num_labels=2, device="meta"))
         shapes = layer_shapes(bb)
         n = bb.backbone_params()
@@ -72,8 +71,6 @@ class ModelContext:
 
     def resolve(self, design: Mapping[str, Any]) -> Any:
         """The Plan of a sampled design (raises InfeasibleDesign when it cannot be realised)."""
-        from peftds.design.plan import Design
-
         d = Design.from_config({"name": "sample", **design, "hparams": self.hparams})
         return d.resolve(self.shapes, self.backbone_params, self.budget)
 

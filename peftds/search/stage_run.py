@@ -25,6 +25,7 @@ from peftds.search.stages import StageSpec, safe_name
 from peftds.search.stats import current_leader, stage_summary
 from peftds.search.store import TrialTable, trial_row
 from peftds.search.trial import Trial, effective_status, finished_result, job_error, launcher_error, trial_id
+from peftds.train.record import RunRecord
 
 if TYPE_CHECKING:
     from peftds.search.runner import Search
@@ -163,8 +164,6 @@ class StageRun:
 
     def launch(self, batch: list[Trial]) -> None:
         """Run a batch of trials; a trial that failed without writing its own failed record gets one."""
-        from peftds.train.record import RunRecord
-
         search = self.search
         try:
             rets: list[Any] = search.launcher.launch([self.trial_overrides(t) for t in batch], search.job_idx)
