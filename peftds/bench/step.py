@@ -385,4 +385,3 @@ def compile_lines(rec: Mapping[str, Any]) -> list[str]:
                 f"{fmt_ratio(rec['ratios'].get('design_compiled/design'))}"
             )
     return rows
-
