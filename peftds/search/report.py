@@ -22,8 +22,6 @@ from peftds.model.strategies import LETTERS_NOTE
 from peftds.search.state import read_state
 from peftds.search.stats import finite, stage_summary
 
-CLI_COMMANDS: dict[str, Any] = {}
-
 
 def save_figure(plt: Any, fig: Any, path: Path) -> Path:
     """Save a matplotlib figure as PNG and free it."""
@@ -256,6 +254,3 @@ def cmd_report(argv: list[str]) -> int:
         )
     write_report(dirs[0], int(opts["bootstrap"]) if "bootstrap" in opts else None)
     return 0
-
-
-CLI_COMMANDS["report"] = cmd_report
