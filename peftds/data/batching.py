@@ -10,7 +10,7 @@ epoch. ``mega_batches=None`` sorts the whole data set (1.00-1.01x, but on data s
 such as RTE about half the batch-mates come back every epoch).
 
 :class:`Collator` pads each batch to its longest member or, with ``buckets``, up to the smallest
-bucket that fits (so a compiled model sees a bounded set of shapes: see ``peftds.bench.step.compile_model``).
+bucket that fits (so a compiled model sees a bounded set of shapes: see ``peftds.train.compile.compile_model``).
 """
 
 from __future__ import annotations

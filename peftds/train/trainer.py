@@ -39,7 +39,7 @@ def trainer_classes():
             super().__init__(*args, **kw)
             self._lengths, self._eval_fn, self._length_grouped = lengths, eval_fn, length_grouped
             # train.compile: training forwards go through torch.compile (static shapes: one compilation per
-            # batch shape, counted; peftds.bench.step.CompiledModel); evaluation stays eager.
+            # batch shape, counted; peftds.train.compile.CompiledModel); evaluation stays eager.
             self.compiled = None
             if compile:
                 self.compiled = CompiledModel(self.model)
