@@ -1,0 +1,122 @@
+"""`peftds replay` (peftds.search.replay) on a synthetic full-fidelity stage dir: per-epoch scores, the
+full-N policy agreeing with itself at full cost, racing and low fidelity cheaper, the files, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from peftds.errors import PeftdsError
+from peftds.search.racing import RaceSettings
+from peftds.search.replay import (
+    REPLAY_JSON,
+    REPLAY_PLOT,
+    REPLAY_REPORT,
+    best_default,
+    cmd_replay,
+    load_stage,
+    run_replay,
+)
+
+from .fixtures.synthetic import write_stage
+
+GAPS = {"a": 70.0, "b": 80.0, "c": 60.0}
+
+
+def test_load_stage_scores_per_epoch(tmp_path):
+    d = write_stage(tmp_path / "st", GAPS, n=5, epochs=3, failed=[("a", 2, "t2")])
+    st = load_stage(d)
+    assert st.options == ["a", "b", "c"] and st.epochs == 3 and st.n == 5 and st.tasks == ["t1", "t2"]
+    assert np.isnan(st.scores[3][0][2]) and np.isnan(st.scores[1][0][2])  # a failed task: no design score
+    assert np.isfinite(st.scores[3][0][[0, 1, 3, 4]]).all()
+    # epoch k: the best of the first k epochs; the synthetic training still improves, so lower scores
+    assert (st.scores[1][1] < st.scores[2][1]).all() and (st.scores[2][1] < st.scores[3][1]).all()
+    assert st.winner() == 1 and st.options[st.winner()] == "b"
+
+
+def test_replay_of_a_clear_stage(tmp_path, capsys):
+    d = write_stage(tmp_path / "st", GAPS, n=12, epochs=3, spread=2.0)
+    assert cmd_replay([str(d), "replays=40", "seed=3"]) == 0
+    out = capsys.readouterr().out
+    assert "default racing t" in out and "target" in out
+    for name in (REPLAY_JSON, REPLAY_REPORT, REPLAY_PLOT):
+        assert (d / name).stat().st_size > 0
+    res = json.loads((d / REPLAY_JSON).read_text())
+    assert res["full_n_winner"] == "b" and res["replays"] == 40 and res["orders"] == 20
+    assert res["full_protocol_trial_epochs"] == 3 * 12 * 2 * 3
+    rows = {r["policy"]: r for r in res["policies"]}
+    full = rows["full N=12"]
+    assert full["same_winner_rate"] == 1.0 and full["compute_fraction"] == 1.0
+    race = next(r for r in res["policies"] if r["family"] == "racing (default)")
+    assert race["same_winner_rate"] == 1.0 and race["compute_fraction"] < 0.6
+    assert race["race"]["method"] == "t"
+    assert rows["N=12 epoch 1"]["compute_fraction"] == pytest.approx(1 / 3)
+    assert rows["N=4"]["compute_fraction"] == pytest.approx(4 / 12)
+    fams = {r["family"] for r in res["policies"]}
+    assert {"fixed N", "epoch 1", "epoch 2", "racing hoeffding", "racing at epoch k", "racing + early epoch k"} <= fams
+    md = (d / REPLAY_REPORT).read_text()
+    assert "| full | full N=12 | 100.0% |" in md and REPLAY_PLOT in md
+    assert set(res["target"]) >= {"default", "default_meets", "best"}
+
+
+def test_equal_orders_same_winner_for_full_n_and_racing_saves(tmp_path):
+    d = write_stage(tmp_path / "st", {"a": 70.0, "b": 73.0, "c": 50.0}, n=20, spread=2.0)
+    res = run_replay(load_stage(d), RaceSettings(round_size=1), replays=30, redraw_share=0.0, round_sizes=[1])
+    rows = {r["policy"]: r for r in res["policies"]}
+    assert rows["full N=20"]["same_winner_rate_orders"] == 1.0 and res["redraws"] == 0
+    race = next(r for r in res["policies"] if r["family"] == "racing (default)")
+    assert race["compute_fraction"] < rows["full N=20"]["compute_fraction"]
+    hybrid = [r for r in res["policies"] if r["family"] == "racing + early epoch k"]
+    assert hybrid and all(r["compute_fraction"] <= 1.0 for r in hybrid)
+
+
+def test_best_default_picks_the_cheapest_setting_meeting_the_target():
+    def row(policy, family, same, comp):
+        return {"policy": policy, "family": family, "race": {}, "same_winner_rate": same, "compute_fraction": comp}
+
+    rows = [
+        {"policy": "full", "family": "full", "race": None, "same_winner_rate": 1.0, "compute_fraction": 1.0},
+        row("d", "racing (default)", 0.95, 0.3),
+        row("x", "racing t", 0.92, 0.2),
+        row("y", "racing t", 0.97, 0.1),
+        row("z", "racing t", 0.85, 0.05),
+    ]
+    t = best_default(rows)
+    assert t["default"] == "d" and not t["default_meets"] and t["best"] == "y" and t["meeting"] == ["x", "y"]
+    assert best_default(rows, compute=0.5)["default_meets"]
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        ([], "usage: peftds replay"),
+        (["{d}", "other"], "usage: peftds replay"),
+        (["{d}", "color=red"], "unknown replay setting 'color'"),
+        (["{d}", "replays=many"], "replays must be an integer"),
+        (["{d}", "replays=0"], "replays must be >= 1"),
+        (["{d}", "delta=1"], r"delta must be in \(0, 1\)"),
+        (["{d}", "method=anova"], "method must be one of"),
+        (["{d}/nowhere"], "stage dir not found"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, argv, match):
+    d = write_stage(tmp_path / "st", GAPS, n=3)
+    with pytest.raises(PeftdsError, match=match) as e:
+        cmd_replay([a.format(d=d) for a in argv])
+    assert "\n" not in str(e.value)
+
+
+def test_stage_without_epoch_scores_or_stage_file(tmp_path):
+    d = write_stage(tmp_path / "st", GAPS, n=3, with_epochs=False)
+    with pytest.raises(PeftdsError, match="no epoch_scores column"):
+        cmd_replay([str(d)])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PeftdsError, match="not a search stage dir"):
+        cmd_replay([str(tmp_path / "empty")])
+    d = write_stage(tmp_path / "bad", GAPS, n=3)
+    text = (d / "trials.csv").read_text().replace('"[', '"oops[', 1)
+    (d / "trials.csv").write_text(text)
+    with pytest.raises(PeftdsError, match="not a JSON list"):
+        cmd_replay([str(d)])
