@@ -56,7 +56,6 @@ def compose_cfg():
 def tiny_model_cfgs() -> dict:
     """The composed config of each tiny model (with the default design and budget)."""
     from peftds.config.compose import compose
-
     from tests.helpers import TINY_MODELS
 
     return {m: compose([f"model={m}"]) for m in TINY_MODELS}

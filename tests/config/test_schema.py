@@ -56,7 +56,9 @@ def out_of_range(tp: typing.Any, meta: typing.Mapping) -> typing.Any:
     """A value of the right type just outside the field's bounds or choices (None: it has none)."""
     if meta.get("choices"):
         return "nonesuch"
-    integer = tp is int or (typing.get_origin(tp) is not None and int in typing.get_args(tp) and float not in typing.get_args(tp))
+    integer = tp is int or (
+        typing.get_origin(tp) is not None and int in typing.get_args(tp) and float not in typing.get_args(tp)
+    )
     for key, step in (("gt", 0), ("ge", -1), ("lt", 0), ("le", 1)):
         bound = meta.get(key)
         if bound is not None:
@@ -136,7 +138,10 @@ def test_every_key_has_help(where, cls):
     flat = [
         f"{where}.{f.name}"
         for f in dataclasses.fields(cls)
-        if not (isinstance(typing.get_type_hints(cls)[f.name], type) and issubclass(typing.get_type_hints(cls)[f.name], Section))
+        if not (
+            isinstance(typing.get_type_hints(cls)[f.name], type)
+            and issubclass(typing.get_type_hints(cls)[f.name], Section)
+        )
     ]
     assert set(flat) <= set(keys)
     for key, type_name, _, help_ in rows:
@@ -176,9 +181,11 @@ def test_out_of_range_names_the_key(case):
 def test_every_bounded_key_is_checked():
     """The bounds of the sections are where the bad-input suite expects them (a dropped bound fails)."""
     ids = {field_id(c) for c in BOUNDED}
-    expected = {"budget.fraction", "train.lr", "train.epochs", "train.warmup_ratio", "train.scheduler",
-                "search.n", "search.epochs", "bench.steps", "data.heldout", "model.arch",
-                "design.hparams.lora.alpha", "design.hparams.adapter.placement", "design.hparams.prefix.reparam_hidden"}  # fmt: skip
+    expected = {
+        "budget.fraction", "train.lr", "train.epochs", "train.warmup_ratio", "train.scheduler", "search.n",
+        "search.epochs", "bench.steps", "data.heldout", "model.arch", "design.hparams.lora.alpha",
+        "design.hparams.adapter.placement", "design.hparams.prefix.reparam_hidden",
+    }  # fmt: skip
     assert expected <= ids
 
 

@@ -1,12 +1,13 @@
 """Preprocessing of real rows for both model kinds (encoder head / text-to-text)."""
+
 from __future__ import annotations
 
 import datasets
 import pytest
 
 from peftds.data import loading as D
-from peftds.errors import PeftdsError
 from peftds.data.tasks import load_task
+from peftds.errors import PeftdsError
 
 LOCAL = ["cola", "sst2", "mrpc", "rte", "stsb", "wnli"]
 N = 16
@@ -15,7 +16,7 @@ N = 16
 def rows_of(name, data_dir, conf_dir):
     """First N dev rows of a task (QNLI: its local dev file; QQP/MNLI: rows in the hub schema)."""
     task = load_task(name, conf_dir)
-    if name in LOCAL + ["xsum", "wmt16_en_ro"]:
+    if name in [*LOCAL, "xsum", "wmt16_en_ro"]:
         dd = D.load_splits(task, {"dir": str(data_dir), "max_eval_samples": None})
         return task, dd["validation"].select(range(N))
     if name == "qnli":
@@ -23,21 +24,29 @@ def rows_of(name, data_dir, conf_dir):
         return task, ds.select(range(N))
     if name == "qqp":
         return task, datasets.Dataset.from_dict(
-            {"question1": ["How do I learn Python?", "Is the sky blue?"],
-             "question2": ["What is the best way to learn Python?", "Why is grass green?"],
-             "label": [1, 0], "idx": [0, 1]})
+            {
+                "question1": ["How do I learn Python?", "Is the sky blue?"],
+                "question2": ["What is the best way to learn Python?", "Why is grass green?"],
+                "label": [1, 0],
+                "idx": [0, 1],
+            }
+        )
     if name == "mnli":
         return task, datasets.Dataset.from_dict(
-            {"premise": ["A man plays a guitar.", "A man plays a guitar.", "A man plays a guitar."],
-             "hypothesis": ["A person makes music.", "The man is famous.", "The man is asleep."],
-             "label": [0, 1, 2], "idx": [0, 1, 2]})
+            {
+                "premise": ["A man plays a guitar.", "A man plays a guitar.", "A man plays a guitar."],
+                "hypothesis": ["A person makes music.", "The man is famous.", "The man is asleep."],
+                "label": [0, 1, 2],
+                "idx": [0, 1, 2],
+            }
+        )
     raise AssertionError(name)
 
 
 CLASSIF = ["cola", "sst2", "mrpc", "rte", "wnli", "qnli", "qqp", "mnli"]
 
 
-@pytest.mark.parametrize("name", CLASSIF + ["stsb"])
+@pytest.mark.parametrize("name", [*CLASSIF, "stsb"])
 def test_encoder_encoding(name, tokenizer, data_dir, conf_dir):
     task, raw = rows_of(name, data_dir, conf_dir)
     enc = D.encode(task, tokenizer, raw, "encoder", 64, None)

@@ -1,4 +1,5 @@
 """Data loading on the real local data folder: split sizes, the held-out carve-out, errors, encoding."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ import time
 import pytest
 
 from peftds.data import loading as D
-from peftds.errors import PeftdsError
 from peftds.data.tasks import load_task
+from peftds.errors import PeftdsError
 
 LOCAL_GLUE = {  # task: (train rows, dev rows) from the data README
     "cola": (8551, 1043),

@@ -1,13 +1,25 @@
 """Metrics against values computed by hand (0-100 scale, see peftds/metrics.py)."""
+
 from __future__ import annotations
 
 import math
 
 import pytest
 
-from peftds.errors import PeftdsError
-from peftds.data.metrics import METRICS, accuracy, bleu, compute_metrics, f1, glue_average, mcc, pearson, rouge, spearman
+from peftds.data.metrics import (
+    METRICS,
+    accuracy,
+    bleu,
+    compute_metrics,
+    f1,
+    glue_average,
+    mcc,
+    pearson,
+    rouge,
+    spearman,
+)
 from peftds.data.tasks import load_task
+from peftds.errors import PeftdsError
 
 
 def test_accuracy():
@@ -95,7 +107,9 @@ def test_compute_metrics_scores(conf_dir):
     assert set(xs) == {"rouge1", "rouge2", "rougeL", "score"}
     assert xs["score"] == pytest.approx(xs["rouge1"]) == pytest.approx(500 / 6)
 
-    wmt = compute_metrics(load_task("wmt16_en_ro", conf_dir), ["aceasta este o propoziție scurtă"], ["aceasta este o propoziție scurtă"])
+    wmt = compute_metrics(
+        load_task("wmt16_en_ro", conf_dir), ["aceasta este o propoziție scurtă"], ["aceasta este o propoziție scurtă"]
+    )
     assert wmt == {"bleu": pytest.approx(100.0), "score": pytest.approx(100.0)}
 
 

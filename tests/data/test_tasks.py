@@ -1,5 +1,6 @@
 """peftds.data.tasks: task and task-set configs (every file loads, label maps and scores follow GLUE
 conventions) and label-word ranking (text-to-text classification) on tiny random-init encoder-decoders."""
+
 from __future__ import annotations
 
 import pytest
@@ -72,7 +73,7 @@ def test_task_sets(conf_dir):
     assert sorted(local) == sorted(["cola", "sst2", "mrpc", "stsb", "rte", "wnli"])
     search = task_set("glue_search", conf_dir)
     assert set(search) <= set(local) and set(search) <= set(glue)
-    with pytest.raises(PeftdsError, match="glue_all.*glue_search"):
+    with pytest.raises(PeftdsError, match=r"glue_all.*glue_search"):
         task_set("glue_all", conf_dir)
 
 
@@ -152,8 +153,16 @@ ranking = pytest.mark.usefixtures("one_thread")
 
 def tiny_t5(tok, seed=0):
     cfg = transformers.T5Config(
-        d_model=32, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=8, vocab_size=len(tok),
-        decoder_start_token_id=tok.pad_token_id, pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id,
+        d_model=32,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        d_kv=8,
+        vocab_size=len(tok),
+        decoder_start_token_id=tok.pad_token_id,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.sep_token_id,
     )
     torch.manual_seed(seed)
     return transformers.T5ForConditionalGeneration(cfg)
@@ -166,7 +175,7 @@ def brute_force_scores(model, input_ids, attention_mask, cands):
         for i in range(input_ids.shape[0]):
             n = int(attention_mask[i].sum())
             for c, ids in enumerate(cands):
-                loss = model(input_ids=input_ids[i:i + 1, :n], labels=torch.tensor([ids])).loss
+                loss = model(input_ids=input_ids[i : i + 1, :n], labels=torch.tensor([ids])).loss
                 out[i, c] = -loss.item() * len(ids)
     return out
 
@@ -192,7 +201,9 @@ def test_rank_labels_picks_the_trained_class(s2s_tokenizer, sst2_rows):
     tok = s2s_tokenizer
     task, raw = sst2_rows
     enc, ids, mask = batch_of(tok, task, raw)
-    labels = torch.nn.utils.rnn.pad_sequence([torch.tensor(x) for x in enc["labels"]], batch_first=True, padding_value=-100)
+    labels = torch.nn.utils.rnn.pad_sequence(
+        [torch.tensor(x) for x in enc["labels"]], batch_first=True, padding_value=-100
+    )
     gold = torch.tensor(enc["label_index"])
     assert 0 < gold.sum() < len(gold)  # both classes present: not solvable by a constant
     model = tiny_t5(tok)
@@ -261,10 +272,20 @@ def test_rank_labels_on_bart(s2s_tokenizer, data_dir, conf_dir):
     raw = D.load_splits(task, {"dir": str(data_dir), "max_eval_samples": 4})["validation"]
     _, ids, mask = batch_of(tok, task, raw)
     cfg = transformers.BartConfig(
-        vocab_size=len(tok), d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128,
-        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.cls_token_id,
-        decoder_start_token_id=tok.eos_token_id, forced_eos_token_id=None,
+        vocab_size=len(tok),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.cls_token_id,
+        decoder_start_token_id=tok.eos_token_id,
+        forced_eos_token_id=None,
     )
     torch.manual_seed(0)
     model = transformers.BartForConditionalGeneration(cfg).eval()

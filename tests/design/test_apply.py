@@ -1,9 +1,10 @@
 """Freezing, and save / load of trained designs (exact round trip)."""
+
 import pytest
 import torch
 
-from peftds.design.apply import build, load_trained, save_trained
 from peftds.config.compose import compose
+from peftds.design.apply import build, load_trained, save_trained
 
 
 @pytest.mark.parametrize("model,design,labels", [("tiny_t5", "spindle_t5base", None), ("tiny_bert", "spindle", 3)])

@@ -1,14 +1,26 @@
 """Budget rules (SPEC §3) on the real T5-base shape (built on the meta device: no weights)."""
+
 import pytest
 
 from peftds.design.apply import layer_shapes
-from peftds.model.backbones import Backbone, build_model
-from peftds.design.budget import budget_params, layer_budgets, largest_size, size_layers
+from peftds.design.budget import budget_params, largest_size, layer_budgets, size_layers
 from peftds.errors import InfeasibleDesign
+from peftds.model.backbones import Backbone, build_model
 from peftds.model.strategies import get_strategy
 
-T5_BASE = {"arch": "t5", "pretrained": False, "shape": {"d_model": 768, "d_kv": 64, "num_heads": 12, "d_ff": 3072,
-                                                        "num_layers": 12, "num_decoder_layers": 12, "vocab_size": 32128}}
+T5_BASE = {
+    "arch": "t5",
+    "pretrained": False,
+    "shape": {
+        "d_model": 768,
+        "d_kv": 64,
+        "num_heads": 12,
+        "d_ff": 3072,
+        "num_layers": 12,
+        "num_decoder_layers": 12,
+        "vocab_size": 32128,
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +73,9 @@ def test_decoder_prefix_bitfit_lora_keeps_more_than_the_naive_split(t5base):
     sizes = size_layers(dec, [("prefix", "bitfit", "lora")] * len(dec), per, hp, budget)
     total = sum(get_strategy(n).cost(s, z, hp[n]) for s, sz in zip(dec, sizes) for n, z in sz.items())
     assert total <= budget
-    steps = [get_strategy(n).cost(dec[0], 2, hp[n]) - get_strategy(n).cost(dec[0], 1, hp[n]) for n in ("prefix", "lora")]
+    steps = [
+        get_strategy(n).cost(dec[0], 2, hp[n]) - get_strategy(n).cost(dec[0], 1, hp[n]) for n in ("prefix", "lora")
+    ]
     assert budget - total < min(steps)  # within one (cheapest) step of B
     ranks = [sz["lora"] for sz in sizes]
     assert max(ranks) - min(ranks) <= 1  # spread as evenly as integer sizes allow

@@ -44,7 +44,9 @@ def test_satisfies(sizes, pattern, ok):
 def test_enumeration_is_complete_and_valid(pattern, num_layers, k):
     """Brute force over all K-tuples: enumeration == every composition satisfying the pattern."""
     brute = {
-        s for s in itertools.product(range(1, num_layers + 1), repeat=k) if sum(s) == num_layers and satisfies(s, pattern)
+        s
+        for s in itertools.product(range(1, num_layers + 1), repeat=k)
+        if sum(s) == num_layers and satisfies(s, pattern)
     }
     assert set(feasible_groupings(num_layers, k, pattern)) == brute
 

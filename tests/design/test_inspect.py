@@ -1,4 +1,5 @@
 """`peftds inspect` (peftds.design.inspect): the JSON schema, the table, overrides and design files."""
+
 import json
 
 from tests.helpers import run_main
@@ -7,17 +8,24 @@ LAYER_KEYS = {"index", "stack", "group", "modules"}
 
 
 def test_inspect_json_schema(capsys):
-    code, out, err = run_main(capsys, "inspect", "model=tiny_t5", "design=spindle_t5base", "format=json")
+    code, out, _err = run_main(capsys, "inspect", "model=tiny_t5", "design=spindle_t5base", "format=json")
     assert code == 0
     rep = json.loads(out)  # stdout is exactly one JSON object
-    for key, typ in {"model": str, "backbone_params": int, "budget_params": int, "trainable_params": int,
-                     "head_params": int, "groups": list, "layers": list}.items():
+    for key, typ in {
+        "model": str,
+        "backbone_params": int,
+        "budget_params": int,
+        "trainable_params": int,
+        "head_params": int,
+        "groups": list,
+        "layers": list,
+    }.items():
         assert isinstance(rep[key], typ), key
     assert rep["model"] == "tiny_t5" and rep["groups"] == [4, 8, 8, 4]
     assert len(rep["layers"]) == 24
     total = 0
     for i, layer in enumerate(rep["layers"]):
-        assert LAYER_KEYS <= set(layer) and layer["index"] == i
+        assert set(layer) >= LAYER_KEYS and layer["index"] == i
         assert layer["stack"] == ("encoder" if i < 12 else "decoder")
         assert 1 <= layer["group"] <= 4
         for name, m in layer["modules"].items():
@@ -42,8 +50,10 @@ def test_inspect_table(capsys):
 
 def test_design_file_path(tmp_path, capsys):
     f = tmp_path / "mine.yaml"
-    f.write_text("name: mine\ngrouping: {groups: 2, sizes: [2, 4]}\ntuned: [2]\nallocation: uniform\n"
-                 "strategies: [[lora], [adapter, bitfit]]\n")
+    f.write_text(
+        "name: mine\ngrouping: {groups: 2, sizes: [2, 4]}\ntuned: [2]\nallocation: uniform\n"
+        "strategies: [[lora], [adapter, bitfit]]\n"
+    )
     code, out, _ = run_main(capsys, "inspect", "model=tiny_bert", f"design={f}", "format=json")
     assert code == 0
     rep = json.loads(out)

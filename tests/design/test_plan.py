@@ -1,17 +1,16 @@
 """Designs resolve into plans by the exact budget rules; property test over many random designs."""
+
 import random
 
 import pytest
-import torch
 
 from peftds.design.apply import apply_plan, build, layer_shapes
-from peftds.model.backbones import Backbone, build_model, count_trainable
 from peftds.design.budget import ALLOCATIONS, budget_params
+from peftds.design.grouping import PATTERNS, satisfies
 from peftds.design.plan import Design, Plan
 from peftds.errors import InfeasibleDesign, PeftdsError
-from peftds.design.grouping import PATTERNS, satisfies
+from peftds.model.backbones import Backbone, build_model, count_trainable
 from peftds.model.strategies import NAMES, get_strategy
-
 from tests.helpers import TINY_MODELS as FAMILIES
 
 
@@ -26,7 +25,10 @@ def random_design(rng: random.Random) -> dict:
         "allocation": rng.choice(ALLOCATIONS),
         "strategies": subsets,
         "hparams": {
-            "adapter": {"placement": rng.choice(["ffn", "attn", "both"]), "variant": rng.choice(["sequential", "parallel"])},
+            "adapter": {
+                "placement": rng.choice(["ffn", "attn", "both"]),
+                "variant": rng.choice(["sequential", "parallel"]),
+            },
             "prefix": {"reparam": rng.random() < 0.2},
             "lora": {"targets": rng.choice([["q", "v"], ["q", "k", "v", "o"], ["v"]])},
         },
@@ -80,21 +82,23 @@ def test_plan_mismatch_is_an_error(tiny_model_cfgs):
     design = Design.from_config({"name": "x", "grouping": {"groups": 1}, "strategies": [["lora"]]})
     plan = design.resolve(layer_shapes(bb), bb.backbone_params(), budget_params(0.02, bb.backbone_params()))
     plan.layers[0].params["lora"] += 1  # a formula that disagrees with what gets built
-    with pytest.raises(PeftdsError, match="plans .* but the built model has"):
+    with pytest.raises(PeftdsError, match=r"plans .* but the built model has"):
         apply_plan(bb, plan)
 
 
 def test_design_errors_name_the_culprit():
-    with pytest.raises(PeftdsError, match="unknown key.*'colour'"):
+    with pytest.raises(PeftdsError, match=r"unknown key.*'colour'"):
         Design.from_config({"name": "d", "colour": "red", "strategies": ["lora"], "grouping": {"groups": 1}})
     with pytest.raises(PeftdsError, match="unknown strategy 'dora'"):
         Design.from_config({"name": "d", "grouping": {"groups": 1}, "strategies": [["dora"]]})
     with pytest.raises(PeftdsError, match=r"design.hparams.lora: unknown key.*'rank'"):
-        Design.from_config({"name": "d", "grouping": {"groups": 1}, "strategies": [["lora"]],
-                            "hparams": {"lora": {"rank": 4}}})
+        Design.from_config(
+            {"name": "d", "grouping": {"groups": 1}, "strategies": [["lora"]], "hparams": {"lora": {"rank": 4}}}
+        )
     with pytest.raises(PeftdsError, match="tuned groups \\[5\\]"):
-        Design.from_config({"name": "d", "grouping": {"groups": 4, "pattern": "uniform"}, "tuned": [5],
-                            "strategies": ["lora"]})
+        Design.from_config(
+            {"name": "d", "grouping": {"groups": 4, "pattern": "uniform"}, "tuned": [5], "strategies": ["lora"]}
+        )
     d = Design.from_config({"name": "d", "grouping": {"groups": 2, "sizes": [3, 4]}, "strategies": ["lora"]})
     with pytest.raises(InfeasibleDesign, match="do not split the L=6-layer stack"):
         d.resolve([None] * 6, 10**6, 5000)

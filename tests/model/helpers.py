@@ -14,32 +14,66 @@ FAMILIES = ("t5", "bart", "bert", "roberta")
 SEQ2SEQ = ("t5", "bart")
 
 
-
-
 def build_model(family: str, attn: str = "sdpa", seed: int = 0) -> nn.Module:
     """A tiny model in eval mode (dropout 0). T5 has h·d_kv = 64 != d_model = 32."""
     import transformers as tf
 
     torch.manual_seed(seed)
     if family == "t5":
-        cfg = tf.T5Config(vocab_size=VOCAB, d_model=32, num_heads=4, d_kv=16, d_ff=64, num_layers=2,
-                          num_decoder_layers=2, dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0,
-                          eos_token_id=1, relative_attention_num_buckets=8, relative_attention_max_distance=16)
+        cfg = tf.T5Config(
+            vocab_size=VOCAB,
+            d_model=32,
+            num_heads=4,
+            d_kv=16,
+            d_ff=64,
+            num_layers=2,
+            num_decoder_layers=2,
+            dropout_rate=0.0,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=1,
+            relative_attention_num_buckets=8,
+            relative_attention_max_distance=16,
+        )
         model = tf.T5ForConditionalGeneration(cfg)
     elif family == "bart":
-        cfg = tf.BartConfig(vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
-                            dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, pad_token_id=1, bos_token_id=0,
-                            eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=None)
+        cfg = tf.BartConfig(
+            vocab_size=VOCAB,
+            d_model=32,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            max_position_embeddings=64,
+            dropout=0.0,
+            attention_dropout=0.0,
+            activation_dropout=0.0,
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+            decoder_start_token_id=2,
+            forced_eos_token_id=None,
+        )
         model = tf.BartForConditionalGeneration(cfg)
     elif family in ("bert", "roberta"):
-        kw = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=3)
+        kw = dict(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            num_labels=3,
+        )
         if family == "bert":
             model = tf.BertForSequenceClassification(tf.BertConfig(max_position_embeddings=64, **kw))
         else:
             model = tf.RobertaForSequenceClassification(
-                tf.RobertaConfig(max_position_embeddings=66, pad_token_id=1, **kw))
+                tf.RobertaConfig(max_position_embeddings=66, pad_token_id=1, **kw)
+            )
     else:
         raise ValueError(family)
     model.set_attn_implementation(attn)
@@ -91,7 +125,7 @@ def batch(family: str, seed: int = 1, pad: bool = True, bsz: int = 3, src_len: i
     mask = torch.ones(bsz, src_len, dtype=torch.long)
     if pad:
         for i in range(1, bsz):
-            mask[i, src_len - 2 * i:] = 0
+            mask[i, src_len - 2 * i :] = 0
     pad_id = 0 if family == "t5" else 1
     ids = ids.masked_fill(mask == 0, pad_id)
     out = {"input_ids": ids, "attention_mask": mask}

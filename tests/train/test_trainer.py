@@ -3,7 +3,6 @@
 from peftds.train.trainer import divergence
 
 
-
 def test_divergence_rule():
     assert divergence(float("nan"), 0.7, 1000) and divergence(float("inf"), None, 1000)
     assert divergence(701.0, 0.7, 1000) and not divergence(699.0, 0.7, 1000)

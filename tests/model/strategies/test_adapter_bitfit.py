@@ -1,11 +1,11 @@
 """Adapter and BitFit: identity at initialisation, placements, parallel semantics, biases."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 from peftds.model.strategies.adapter import AdapterWrapped
-
 from tests.model.helpers import FAMILIES, apply_plan, batch, frozen, outputs, uniform_plan
 
 
@@ -17,12 +17,13 @@ def test_adapter_identity_at_init(family, placement, variant):
     inputs = batch(family)
     with torch.no_grad():
         before = outputs(model, inputs)
-        apply_plan(bb, uniform_plan(bb, {"adapter": (3, {"placement": placement, "variant": variant,
-                                                           "activation": "tanh"})}))
+        apply_plan(
+            bb, uniform_plan(bb, {"adapter": (3, {"placement": placement, "variant": variant, "activation": "tanh"})})
+        )
         after = outputs(model, inputs)
     torch.testing.assert_close(after, before, atol=0, rtol=0)
     n_sites = sum(isinstance(m, AdapterWrapped) for m in model.modules())
-    per_layer = [(placement != "attn") + (len(l.attentions) if placement != "ffn" else 0) for l in bb.layers]
+    per_layer = [(placement != "attn") + (len(layer.attentions) if placement != "ffn" else 0) for layer in bb.layers]
     assert n_sites == sum(per_layer)
 
 
@@ -33,8 +34,9 @@ def _hook_io(module):
     return store, (h1, h2)
 
 
-@pytest.mark.parametrize("family,variant", [("bart", "parallel"), ("t5", "parallel"), ("bert", "sequential"),
-                                            ("t5", "sequential")])
+@pytest.mark.parametrize(
+    "family,variant", [("bart", "parallel"), ("t5", "parallel"), ("bert", "sequential"), ("t5", "sequential")]
+)
 def test_adapter_formula(family, variant):
     """sequential: y = h + up(act(down(h))); parallel: y = h + up(act(down(x))) with x the sublayer input."""
     model, bb = frozen(family)
@@ -70,8 +72,9 @@ def test_adapter_formula(family, variant):
 
 def test_adapter_composes_with_lora_and_bitfit_on_same_projection():
     model, bb = frozen("t5")
-    apply_plan(bb, {0: {"bitfit": (0, {}), "lora": (2, {"targets": ["q", "v", "o"]}),
-                        "adapter": (2, {"placement": "attn"})}})
+    apply_plan(
+        bb, {0: {"bitfit": (0, {}), "lora": (2, {"targets": ["q", "v", "o"]}), "adapter": (2, {"placement": "attn"})}}
+    )
     o = bb.layers[0].attentions[0].linear("o")
     assert isinstance(o, AdapterWrapped)
     assert type(o.base_layer).__name__ == "LoRALinear"

@@ -1,4 +1,5 @@
 """cost() equals the trainable parameters apply() adds, for every strategy, family and variant."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,6 @@ from peftds.model.strategies import STRATEGIES, LayerShape
 from peftds.model.strategies.adapter import AdapterWrapped
 from peftds.model.strategies.lora import LoRALinear
 from peftds.model.strategies.prefix import ENCODER_ATTR, PREFIX_ATTR
-
 from tests.model.helpers import FAMILIES, apply_plan, frozen, trainable
 
 VARIANTS = [
@@ -54,10 +54,15 @@ def test_cost_per_layer_sizes_and_all_four_on_one_layer(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_layer_shape_reads_through_wrappers(family):
     """LayerShape (used by the budget code) is unchanged by wrapping projections."""
-    model, bb = frozen(family)
+    _model, bb = frozen(family)
     before = [LayerShape.of(layer) for layer in bb.layers]
-    apply_plan(bb, {l.index: {"lora": (2, {"targets": ["q", "k", "v", "o"]}),
-                              "adapter": (2, {"placement": "both"})} for l in bb.layers})
+    apply_plan(
+        bb,
+        {
+            layer.index: {"lora": (2, {"targets": ["q", "k", "v", "o"]}), "adapter": (2, {"placement": "both"})}
+            for layer in bb.layers
+        },
+    )
     after = [LayerShape.of(layer) for layer in bb.layers]
     assert [s.attentions for s in before] == [s.attentions for s in after]
     assert [s.linears for s in before] == [s.linears for s in after]
@@ -74,7 +79,7 @@ def test_bitfit_cost_formula_t5_and_bert():
 
 @pytest.mark.parametrize("family", ["t5", "bart"])
 def test_per_layer_sizes_give_those_shapes(family):
-    model, bb = frozen(family)
+    _model, bb = frozen(family)
     sizes = {0: 2, 1: 5}
     plan = {i: {"adapter": (s, {"placement": "both"}), "lora": (s, {}), "prefix": (s, {})} for i, s in sizes.items()}
     apply_plan(bb, plan)
@@ -106,7 +111,7 @@ def test_reparam_prefix_encoder_per_layer():
     assert len(names) == 5 and all(ENCODER_ATTR in n for n in names)
     pk, pv = getattr(dec.attentions[1].module, PREFIX_ATTR)()
     assert pk.shape == (4, 3, 16)
-    torch.testing.assert_close(pv, enc()[:, 3 * 64 + 0: 4 * 64].reshape(3, 4, 16).transpose(0, 1))
+    torch.testing.assert_close(pv, enc()[:, 3 * 64 + 0 : 4 * 64].reshape(3, 4, 16).transpose(0, 1))
 
 
 def test_unknown_hparams_rejected():

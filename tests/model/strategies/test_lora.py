@@ -1,11 +1,11 @@
 """LoRA: equivalence with HF peft (oracle), identity at init, wrapper details."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 from peftds.model.strategies.lora import LoRALinear
-
 from tests.model.helpers import apply_plan, batch, build_model, frozen, outputs, uniform_plan
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
@@ -19,8 +19,9 @@ def test_lora_matches_peft(family, attn):
     peft = pytest.importorskip("peft")
     rank, alpha = 3, 16
     ref = build_model(family, attn)
-    ref = peft.get_peft_model(ref, peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
-                                                    target_modules=PEFT_TARGETS[family])).eval()
+    ref = peft.get_peft_model(
+        ref, peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=PEFT_TARGETS[family])
+    ).eval()
     g = torch.Generator().manual_seed(7)
     lora_weights = {}
     for name, mod in ref.named_modules():

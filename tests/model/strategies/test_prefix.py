@@ -1,11 +1,11 @@
 """Prefix tuning: attention checked against a direct computation, padding, caching, pass-through."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 from peftds.model.strategies.prefix import PREFIX_ATTR, WRAPPED, _causal_with_prefix, _extended
-
 from tests.model.helpers import FAMILIES, SEQ2SEQ, apply_plan, batch, frozen, outputs, uniform_plan
 
 P = 3
@@ -25,10 +25,14 @@ def _capture(bb):
             rec = {"layer": layer, "site": site}
             records.append(rec)
             for n in ("q", "k", "v"):
-                handles.append(site.linear(n).register_forward_hook(
-                    lambda m, a, out, rec=rec, n=n: rec.__setitem__(n, out.detach())))
-            handles.append(site.linear("o").register_forward_pre_hook(
-                lambda m, a, rec=rec: rec.__setitem__("out", a[0].detach())))
+                handles.append(
+                    site.linear(n).register_forward_hook(
+                        lambda m, a, out, rec=rec, n=n: rec.__setitem__(n, out.detach())
+                    )
+                )
+            handles.append(
+                site.linear("o").register_forward_pre_hook(lambda m, a, rec=rec: rec.__setitem__("out", a[0].detach()))
+            )
     return records, handles
 
 
@@ -50,7 +54,7 @@ def _by_hand(model, family, rec, key_mask):
     p = pk.shape[1]
     kk = torch.cat([pk.expand(bsz, -1, -1, -1), k], 2)
     vv = torch.cat([pv.expand(bsz, -1, -1, -1), v], 2)
-    scale = 1.0 if family == "t5" else d ** -0.5
+    scale = 1.0 if family == "t5" else d**-0.5
     scores = q @ kk.transpose(2, 3) * scale
     if family == "t5" and site.kind == "self":
         bias = _t5_bias(model, layer, sq, sk)
@@ -94,7 +98,9 @@ def test_prefix_attention_matches_direct_computation(family, attn, pad, reparam)
             kinds.add((layer.stack, site.kind))
     for hnd in handles:
         hnd.remove()
-    want = {("encoder", "self"), ("decoder", "self"), ("decoder", "cross")} if family in SEQ2SEQ else {("encoder", "self")}
+    want = (
+        {("encoder", "self"), ("decoder", "self"), ("decoder", "cross")} if family in SEQ2SEQ else {("encoder", "self")}
+    )
     assert kinds == want
 
 
@@ -107,9 +113,9 @@ def test_padded_batch_equals_single_examples(family, attn):
         full = outputs(model, inputs)
         for i in range(inputs["input_ids"].shape[0]):
             n = int(inputs["attention_mask"][i].sum())
-            single = {"input_ids": inputs["input_ids"][i:i + 1, :n]}
+            single = {"input_ids": inputs["input_ids"][i : i + 1, :n]}
             if family in SEQ2SEQ:
-                single["decoder_input_ids"] = inputs["decoder_input_ids"][i:i + 1]
+                single["decoder_input_ids"] = inputs["decoder_input_ids"][i : i + 1]
             torch.testing.assert_close(outputs(model, single)[0], full[i], atol=2e-5, rtol=1e-4)
 
 
@@ -118,8 +124,16 @@ def test_padded_batch_equals_single_examples(family, attn):
 def test_generation_with_and_without_cache_agree(family, attn):
     model, _ = _prefixed(family, attn)
     inputs = batch(family, pad=True)
-    kw = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=6,
-              min_new_tokens=6, do_sample=False, num_beams=1, output_scores=True, return_dict_in_generate=True)
+    kw = dict(
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        max_new_tokens=6,
+        min_new_tokens=6,
+        do_sample=False,
+        num_beams=1,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
     with torch.no_grad():
         cached = model.generate(use_cache=True, **kw)
         uncached = model.generate(use_cache=False, **kw)

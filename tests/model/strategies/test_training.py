@@ -1,4 +1,5 @@
 """One real training step: backbone weights stay put, every strategy parameter learns."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,9 +16,12 @@ SETUPS = {
     "prefix": {"prefix": (2, {})},
     "prefix-reparam": {"prefix": (2, {"reparam": True, "reparam_hidden": 8})},
     "bitfit": {"bitfit": (0, {})},
-    "all-parallel": {"bitfit": (0, {}), "lora": (2, {"targets": ["q", "k", "v", "o"]}),
-                     "adapter": (2, {"placement": "both", "variant": "parallel", "activation": "tanh"}),
-                     "prefix": (2, {"reparam": True, "reparam_hidden": 8})},
+    "all-parallel": {
+        "bitfit": (0, {}),
+        "lora": (2, {"targets": ["q", "k", "v", "o"]}),
+        "adapter": (2, {"placement": "both", "variant": "parallel", "activation": "tanh"}),
+        "prefix": (2, {"reparam": True, "reparam_hidden": 8}),
+    },
     "all": {"bitfit": (0, {}), "lora": (2, {}), "adapter": (2, {"activation": "tanh"}), "prefix": (2, {})},
 }
 
@@ -67,8 +71,17 @@ def test_all_four_identity_except_prefix_and_deepcopy(family):
     inputs = batch(family)
     with torch.no_grad():
         before = model(**inputs).logits
-        apply_plan(bb, uniform_plan(bb, {"bitfit": (0, {}), "lora": (2, {"targets": ["q", "k", "v", "o"]}),
-                                         "adapter": (2, {"placement": "both", "variant": "parallel"})}))
+        apply_plan(
+            bb,
+            uniform_plan(
+                bb,
+                {
+                    "bitfit": (0, {}),
+                    "lora": (2, {"targets": ["q", "k", "v", "o"]}),
+                    "adapter": (2, {"placement": "both", "variant": "parallel"}),
+                },
+            ),
+        )
         torch.testing.assert_close(model(**inputs).logits, before, atol=0, rtol=0)
         apply_plan(bb, uniform_plan(bb, {"prefix": (2, {"reparam": True, "reparam_hidden": 8})}))
         out = model(**inputs).logits
