@@ -25,7 +25,16 @@ already there and with BitFit biases on the innermost Linear).
   it in the same forward (gradient checkpointing re-runs both, in the same order).
 
 ``activation``: relu (default), gelu, tanh, silu.
+
+``scale`` (s, default 1): the adapter's output is multiplied by s, ``y = h + s·adapter(z)`` (He et al.
+use s = 4 for the scaled parallel adapter of PA and MAM). No parameters; cost unchanged.
+
+``gated`` (UniPELT, default false): the adapter output is also multiplied by a learned gate computed
+from the adapter's own input, ``y = h + s·g(z)·adapter(z)`` with ``g(z) = sigmoid(z W_g^T + b_g)``
+one scalar per token (:class:`~peftds.model.strategies.gating.Gate`, ``Linear(d, 1)``). Cost per
+site grows by d + 1. Identity at init still holds (``up`` starts at zero whatever the gate).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -40,6 +49,7 @@ from peftds.config.schema import Section, convert, setting
 from peftds.errors import PeftdsError
 from peftds.model.backbones import Backbone, Layer
 from peftds.model.strategies.base import LayerShape, Strategy
+from peftds.model.strategies.gating import Gate, gate_cost
 from peftds.model.strategies.lora import LinearWrapper, innermost_linear
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "silu": F.silu}
@@ -48,24 +58,31 @@ VARIANTS = ("sequential", "parallel")
 
 
 class Bottleneck(nn.Module):
-    """``up(act(down(z)))``; ``up`` starts at zero."""
+    """``scale · [gate(z) ·] up(act(down(z)))``; ``up`` starts at zero."""
 
-    def __init__(self, d: int, b: int, activation: str, device=None, dtype=None):
+    def __init__(
+        self, d: int, b: int, activation: str, device=None, dtype=None, scale: float = 1.0, gated: bool = False
+    ):
         super().__init__()
         if b < 1:
             raise PeftdsError(f"adapter bottleneck must be >= 1 (got {b})")
         self.activation = activation
+        self.scale = float(scale)
         self.down = nn.Linear(d, b, device=device, dtype=dtype)
         self.up = nn.Linear(b, d, device=device, dtype=dtype)
         nn.init.zeros_(self.down.bias)
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
+        self.gate = Gate(d, device=device, dtype=dtype) if gated else None
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.up(ACTIVATIONS[self.activation](self.down(z)))
+        out = self.up(ACTIVATIONS[self.activation](self.down(z)))
+        if self.gate is not None:
+            out = out * self.gate(z)
+        return out * self.scale if self.scale != 1.0 else out
 
     def extra_repr(self) -> str:
-        return f"activation={self.activation}"
+        return f"activation={self.activation}, scale={self.scale:g}"
 
 
 class AdapterWrapped(LinearWrapper):
@@ -75,16 +92,16 @@ class AdapterWrapped(LinearWrapper):
         super().__init__(base_layer)
         self.adapter = adapter
         self.variant = variant
-        self._stash: torch.Tensor | None = None
+        self.stash: torch.Tensor | None = None
 
-    def _capture(self, module: nn.Module, args: tuple) -> None:
+    def capture(self, module: nn.Module, args: tuple) -> None:
         """Forward pre-hook on the sublayer's first Linear (parallel variant)."""
-        self._stash = args[0]
+        self.stash = args[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.base_layer(x)
         if self.variant == "parallel":
-            z, self._stash = self._stash, None
+            z, self.stash = self.stash, None
             if z is None:
                 raise RuntimeError("parallel adapter: the sublayer input was not captured in this forward")
         else:
@@ -103,11 +120,12 @@ class AdapterConfig(Section):
     placement: str = setting("ffn", "adapter sites: after the FFN, after attention, or both", choices=PLACEMENTS)
     activation: str = setting("relu", "bottleneck nonlinearity", choices=tuple(ACTIVATIONS))
     variant: str = setting("sequential", "sequential (Houlsby) or parallel (He et al.)", choices=VARIANTS)
+    scale: float = setting(1.0, "multiplies the adapter output (He et al.'s s; PA and MAM use 4)", gt=0.0)
+    gated: bool = setting(False, "UniPELT gate: scale the output by sigmoid(Linear(d, 1)(adapter input))")
 
 
-def _check(hp: Mapping[str, Any]) -> tuple[str, str, str]:
-    c = convert(AdapterConfig, hp, "design.hparams.adapter")
-    return c.placement, c.activation, c.variant
+def _check(hp: Mapping[str, Any]) -> AdapterConfig:
+    return convert(AdapterConfig, hp, "design.hparams.adapter")
 
 
 def _ffn_input_linear(layer: Layer) -> nn.Module:
@@ -130,13 +148,14 @@ class Adapter(Strategy):
     config = AdapterConfig
 
     def cost(self, shape: LayerShape, size: int, hp: Mapping[str, Any]) -> int:
-        placement, _, _ = _check(hp)
-        sites = (placement in ("ffn", "both")) + (len(shape.attentions) if placement in ("attn", "both") else 0)
+        c = _check(hp)
+        sites = (c.placement in ("ffn", "both")) + (len(shape.attentions) if c.placement in ("attn", "both") else 0)
         d = shape.d_model
-        return sites * (2 * d * size + size + d)
+        return sites * (2 * d * size + size + d + (gate_cost(d) if c.gated else 0))
 
     def apply(self, backbone: Backbone, layer: Layer, size: int, hp: Mapping[str, Any]) -> None:
-        placement, activation, variant = _check(hp)
+        c = _check(hp)
+        placement, activation, variant = c.placement, c.activation, c.variant
         sites: list[tuple[tuple[nn.Module, str], nn.Module | None]] = []
         parallel = variant == "parallel"
         if placement in ("attn", "both"):
@@ -149,10 +168,11 @@ class Adapter(Strategy):
             if isinstance(mod, AdapterWrapped):
                 raise PeftdsError(f"layer {layer.index}: '{attr}' already has an adapter")
             w = innermost_linear(mod).weight
-            wrapped = AdapterWrapped(mod, Bottleneck(layer.d_model, size, activation, w.device, w.dtype), variant)
+            adapter = Bottleneck(layer.d_model, size, activation, w.device, w.dtype, scale=c.scale, gated=c.gated)
+            wrapped = AdapterWrapped(mod, adapter, variant)
             if source is not None:
                 src_in = innermost_linear(source).in_features
                 if src_in != layer.d_model:
                     raise PeftdsError(f"layer {layer.index}: parallel adapter input has width {src_in}, not d_model")
-                source.register_forward_pre_hook(wrapped._capture)
+                source.register_forward_pre_hook(wrapped.capture)
             setattr(parent, attr, wrapped)

@@ -4,6 +4,12 @@
 ``nn.Linear`` weight (kaiming-uniform, a=sqrt(5)) and ``B`` (d_out x r) zero, so the model's outputs
 are unchanged before training. Cost r * (d_in + d_out) per adapted matrix.
 
+``gated`` (UniPELT, default false): the update is multiplied by a learned gate computed from the
+LoRA input, ``base(x) + g(x) · (x A^T B^T) · alpha / r`` with ``g(x) = sigmoid(x W_g^T + b_g)`` one
+scalar per token (:class:`~peftds.model.strategies.gating.Gate`, ``Linear(d_in, 1)``). One gate per
+adapted matrix, reading that matrix's own input (for cross-attention k/v: the encoder output); the
+gate reads ``x`` before LoRA dropout. Cost per matrix grows by d_in + 1. Identity at init still holds.
+
 The projection at ``(parent, attr)`` is replaced by :class:`LoRALinear`, which keeps the original
 ``nn.Linear`` as its child ``base_layer`` (stable state-dict names, and what
 :class:`~peftds.model.strategies.base.LayerShape` reads). This module also holds the small wrapper base
@@ -11,6 +17,7 @@ class shared with the adapter strategy: every peftds wrapper around a Linear exp
 ``bias``, ``in_features`` and ``out_features`` of the innermost Linear, because model code reads
 them (T5's FFN checks ``self.wo.weight.dtype``) and so do cost formulas.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,6 +33,7 @@ from peftds.config.schema import Section, setting
 from peftds.errors import PeftdsError
 from peftds.model.backbones import Backbone, Layer
 from peftds.model.strategies.base import LayerShape, Strategy
+from peftds.model.strategies.gating import Gate, gate_cost
 
 GENERIC_PROJECTIONS = ("q", "k", "v", "o")
 
@@ -69,7 +77,7 @@ def innermost_linear(module: nn.Module) -> nn.Module:
 class LoRALinear(LinearWrapper):
     """``base_layer(x) + dropout(x) @ lora_A^T @ lora_B^T * scaling``."""
 
-    def __init__(self, base_layer: nn.Module, rank: int, alpha: float, dropout: float = 0.0):
+    def __init__(self, base_layer: nn.Module, rank: int, alpha: float, dropout: float = 0.0, gated: bool = False):
         super().__init__(base_layer)
         lin = innermost_linear(base_layer)
         if rank < 1:
@@ -81,6 +89,7 @@ class LoRALinear(LinearWrapper):
         self.lora_B = nn.Parameter(torch.zeros(lin.out_features, self.rank, device=w.device, dtype=w.dtype))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_gate = Gate(lin.in_features, device=w.device, dtype=w.dtype) if gated else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
@@ -88,6 +97,8 @@ class LoRALinear(LinearWrapper):
         if z.dtype != self.lora_A.dtype and not torch.is_autocast_enabled(z.device.type):
             z = z.to(self.lora_A.dtype)
         z = F.linear(F.linear(z, self.lora_A), self.lora_B)
+        if self.lora_gate is not None:
+            z = z * self.lora_gate(x)
         return out + (z * self.scaling).to(out.dtype)
 
     def extra_repr(self) -> str:
@@ -99,6 +110,7 @@ class LoRAConfig(Section):
     targets: list[str] | str = setting(["q", "v"], "attention projections to adapt: any of q, k, v, o (or 'q,v')")
     alpha: int | float = setting(16, "scaling numerator: the update is scaled by alpha / r", gt=0.0)
     dropout: float = setting(0.0, "dropout on the LoRA input", ge=0.0, lt=1.0)
+    gated: bool = setting(False, "UniPELT gate: scale the update by sigmoid(Linear(d_in, 1)(LoRA input))")
 
     def check(self, where: str) -> None:
         names = [s.strip() for s in self.targets.split(",")] if isinstance(self.targets, str) else self.targets
@@ -134,11 +146,12 @@ class LoRA(Strategy):
 
     def cost(self, shape: LayerShape, size: int, hp: Mapping[str, Any]) -> int:
         targets = _targets(hp)
+        gated = bool(hp.get("gated", False))
         total = 0
         for att in shape.attentions:
             for t in targets:
                 d_in, d_out = att.proj_dims[t]
-                total += size * (d_in + d_out)
+                total += size * (d_in + d_out) + (gate_cost(d_in) if gated else 0)
         return total
 
     def apply(self, backbone: Backbone, layer: Layer, size: int, hp: Mapping[str, Any]) -> None:
@@ -151,4 +164,5 @@ class LoRA(Strategy):
                     raise PeftdsError(f"layer {layer.index}: projection '{t}' already has LoRA")
                 if not isinstance(mod, nn.Linear):
                     raise PeftdsError(f"layer {layer.index}: projection '{t}' is {type(mod).__name__}, not a Linear")
-                setattr(parent, attr, LoRALinear(mod, size, hp["alpha"], float(hp["dropout"])))
+                gated = bool(hp.get("gated", False))
+                setattr(parent, attr, LoRALinear(mod, size, hp["alpha"], float(hp["dropout"]), gated=gated))

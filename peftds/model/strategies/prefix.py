@@ -33,7 +33,26 @@ per layer: an embedding ``p x d_model`` (N(0, 1), as Li & Liang) through ``Linea
 tanh, ``Linear(hidden, sum over sites of 2·h·d_kv)`` (default Linear init); cost
 p·d_model + d_model·hidden + hidden + hidden·out + out. The encoder is the block's child
 ``peftds_prefix_encoder``; each site's ``peftds_prefix`` reads its slice of the output.
+
+Gate (``gated``, UniPELT; default false)
+----------------------------------------
+Every attention site gets its own gate ``g = sigmoid(Linear(d, 1)(x))`` (child ``peftds_prefix_gate``,
+cost d + 1 per site, d = the query projection's input width) computed per query token from the
+attention's query-side input ``x`` (the hidden state the query projection reads: for T5 the
+normalised one, for cross-attention the decoder side), taken by a forward pre-hook on the query
+Linear. The paper gates the prefix keys and values with a gate from the layer input; we gate the
+prefix's *contribution to the output* per query token: with ``a_ij`` the attention weights of the
+joint softmax over [prefix; sequence] (unchanged by the gate),
+
+    out_i = sum_{j in seq} a_ij v_j + g_i · sum_{j in prefix} a_ij P_V_j
+
+i.e. the prefix values are multiplied by ``g_i`` for query i (equivalently, the prefix positions'
+post-softmax weights, not renormalised); the prefix keys are not gated (a per-query scalar on
+``P_K`` would only rescale the prefix logits). ``g = 1`` is plain prefix tuning; ``g -> 0`` leaves
+only the prefix's share of the softmax mass taken from the sequence. Both sums come from one
+attention call whose values are ``[0; V]`` and ``[P_V; 0]`` side by side (value width 2·d_kv).
 """
+
 from __future__ import annotations
 
 import sys
@@ -49,11 +68,13 @@ from peftds.config.schema import Section, setting
 from peftds.errors import PeftdsError
 from peftds.model.backbones import Backbone, Layer
 from peftds.model.strategies.base import LayerShape, Strategy
+from peftds.model.strategies.gating import Gate, gate_cost
 from peftds.model.strategies.lora import innermost_linear
 
 WRAPPED = {"sdpa": "peftds_sdpa", "eager": "peftds_eager"}
 PREFIX_ATTR = "peftds_prefix"
 ENCODER_ATTR = "peftds_prefix_encoder"
+GATE_ATTR = "peftds_prefix_gate"
 
 
 # --------------------------------------------------------------------------- prefix parameters
@@ -196,7 +217,15 @@ def _make_attention(base: str) -> Callable:
         pk, pv = prefix()
         p, batch = pk.shape[1], key.shape[0]
         key = torch.cat([pk.to(key.dtype).unsqueeze(0).expand(batch, -1, -1, -1), key], dim=2)
-        value = torch.cat([pv.to(value.dtype).unsqueeze(0).expand(batch, -1, -1, -1), value], dim=2)
+        pv = pv.to(value.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
+        gate = module._modules.get(GATE_ATTR)
+        if gate is not None:
+            # [0; V] and [P_V; 0] side by side: one call gives the sequence's and the prefix's parts
+            seq = torch.cat([pv.new_zeros(pv.shape), value], dim=2)
+            pre = torch.cat([pv, value.new_zeros(value.shape)], dim=2)
+            value = torch.cat([seq, pre], dim=-1)
+        else:
+            value = torch.cat([pv, value], dim=2)
         if attention_mask is not None:
             attention_mask = _extended(attention_mask, p)
         elif base == "sdpa" and query.shape[2] > 1:
@@ -207,7 +236,12 @@ def _make_attention(base: str) -> Callable:
                 attention_mask = _causal_with_prefix(query.shape[2], key.shape[2] - p, p, query.device)
         if kwargs.get("position_bias") is not None:
             kwargs["position_bias"] = _extended(kwargs["position_bias"], p)
-        return fn(module, query, key, value, attention_mask, *args, **kwargs)
+        out, weights = fn(module, query, key, value, attention_mask, *args, **kwargs)
+        if gate is None:
+            return out, weights
+        d = pv.shape[-1]
+        g = gate.take()  # [B, q, 1], per query token; out is [B, q, h, 2·d_kv]
+        return out[..., :d] + g.unsqueeze(-1).to(out.dtype) * out[..., d:], weights
 
     attention.__name__ = f"peftds_{base}_attention"
     return attention
@@ -258,6 +292,7 @@ class PrefixConfig(Section):
     reparam: bool = setting(False, "MLP reparametrisation (its parameters count against the budget)")
     reparam_hidden: int = setting(64, "hidden width of the reparametrisation MLP", ge=1)
     init_std: float = setting(0.02, "std of the prefix vectors' normal initialisation", ge=0.0)
+    gated: bool = setting(False, "UniPELT gate: scale the prefix's output share by sigmoid(Linear(d, 1)(attn input))")
 
 
 class Prefix(Strategy):
@@ -269,10 +304,11 @@ class Prefix(Strategy):
 
     def cost(self, shape: LayerShape, size: int, hp: Mapping[str, Any]) -> int:
         kv = sum(2 * a.num_heads * a.head_dim for a in shape.attentions)
+        gates = sum(gate_cost(a.proj_dims["q"][0]) for a in shape.attentions) if hp.get("gated", False) else 0
         if not hp["reparam"]:
-            return size * kv
+            return size * kv + gates
         d, hidden = shape.d_model, int(hp["reparam_hidden"])
-        return size * d + d * hidden + hidden + hidden * kv + kv
+        return size * d + d * hidden + hidden + hidden * kv + kv + gates
 
     def prepare(self, backbone: Backbone, hp: Mapping[str, Any]) -> None:
         use_prefix_attention(backbone.model)
@@ -286,6 +322,12 @@ class Prefix(Strategy):
             if PREFIX_ATTR in site.module._modules:
                 raise PeftdsError(f"layer {layer.index}: attention already has a prefix")
         w = innermost_linear(layer.attentions[0].linear("q")).weight
+        if hp.get("gated", False):
+            for site in layer.attentions:
+                q = innermost_linear(site.linear("q"))
+                gate = Gate(q.in_features, device=w.device, dtype=w.dtype)
+                site.module.add_module(GATE_ATTR, gate)
+                q.register_forward_pre_hook(gate.capture)
         if not hp["reparam"]:
             for site in layer.attentions:
                 prefix = PrefixKV(site.num_heads, size, site.head_dim, float(hp["init_std"]), w.device, w.dtype)
