@@ -56,6 +56,11 @@ COMMANDS: dict[str, Command] = {
         "Markdown tables + PNG plots of a search dir (per stage and overall)",
         usage="peftds report <search dir>",
     ),
+    "replay": Command(
+        "peftds.search.replay:cmd_replay",
+        "replay a full-fidelity stage: how often racing / smaller N / fewer epochs pick the same winner, at what compute",
+        usage="peftds replay <stage dir> [replays=200] [seed=0] [delta=0.05] [round_size=2]",
+    ),
     "bench": Command(
         "peftds.bench.cli:cmd_bench",
         "median training step of a design vs peft LoRA, the frozen floor, full FT and forward only",

@@ -21,8 +21,17 @@ DESIGN_DIR = "design"  # trained strategy params + plan inside a run dir
 PLAN_FILE = "plan.yaml"
 WEIGHTS_FILE = "strategy_params.safetensors"
 PREDICTIONS_FILE = "predictions.jsonl"  # per-example dev predictions of the scored split
+FAILED_RESULT = "result.failed.json"  # a failed trial's record, set aside by search.retry_failed
 # A search dir
 SEARCH_STATE = "search.json"
+SEARCH_LOCK = ".search.lock"
+CONF_SUBDIR = "conf"  # config groups the search writes (sampled designs, copied space/stage files)
+DESIGN_CONF_DIR = "conf/design"
+GPU_SLOT_LOCK = ".gpu_slot{}.lock"
+RACE_FILE = "race.json"  # a racing stage's rounds: survivors, eliminations and their bounds
+REPLAY_JSON = "replay.json"
+REPLAY_MD = "replay.md"
+REPLAY_PLOT = "replay.png"
 SEARCH_CONFIG = "config.yaml"
 TRIALS_DIR = "trials"
 STAGE_FILE = "stage.json"

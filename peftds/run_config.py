@@ -38,10 +38,15 @@ class RunConfig:
         """Check and convert a composed config (OmegaConf or plain mapping)."""
         from omegaconf import OmegaConf
 
-        try:
-            plain = OmegaConf.to_container(cfg, resolve=True) if hasattr(cfg, "_metadata") else dict(cfg)
-        except Exception as e:  # an interpolation that cannot resolve, e.g. a missing environment variable
-            raise PeftdsError(f"config: {str(e).splitlines()[0]}") from None
+        plain: dict[str, Any] = {}
+        for key in cfg:
+            if key == "hydra":  # Hydra's own node (run-time values such as hydra.job.num) is not ours
+                continue
+            value = cfg[key] if not hasattr(cfg, "_metadata") else OmegaConf.select(cfg, key, throw_on_missing=False)
+            try:
+                plain[key] = OmegaConf.to_container(value, resolve=True) if hasattr(value, "_metadata") else value
+            except Exception as e:  # an interpolation that cannot resolve, e.g. a missing environment variable
+                raise PeftdsError(f"config: {key}: {str(e).splitlines()[0]}") from None
         return cls.from_mapping(plain)
 
     @classmethod

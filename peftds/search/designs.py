@@ -16,14 +16,13 @@ from peftds.design.budget import budget_params
 from peftds.design.plan import Design
 from peftds.design.space import Space
 from peftds.errors import PeftdsError
-from peftds.files import BEST_DESIGN, STAGE_FILE, read_json, write_text_atomic
+from peftds.files import BEST_DESIGN, DESIGN_CONF_DIR, STAGE_FILE, read_json, write_text_atomic
 from peftds.model.backbones import Backbone, build_model
 from peftds.model.strategies import LETTERS, NAMES
 from peftds.search.sampler import sample_designs
-from peftds.search.settings import SearchConfig
+from peftds.search.settings import SearchSetup, min_ok_count
 from peftds.search.stages import StageSpec, safe_name
 
-DESIGN_CONF_DIR = "conf/design"  # the sampled designs, a Hydra config group found via hydra.searchpath
 DESIGN_DEFAULTS = ["base_hparams", "_self_"]
 
 
@@ -60,7 +59,7 @@ class ModelContext:
         return len(self.shapes)
 
     @classmethod
-    def build(cls, config: SearchConfig) -> ModelContext:
+    def build(cls, config: SearchSetup) -> ModelContext:
         bb = Backbone(build_model(config.model, num_labels=2, device="meta"))
         shapes = layer_shapes(bb)
         n = bb.backbone_params()
@@ -113,7 +112,7 @@ def option_spaces(spec: StageSpec, space: Space, layers: int) -> tuple[dict[str,
 class StageDesigns:
     """Samples (or reloads) a stage's designs and writes their design files and stage.json."""
 
-    def __init__(self, config: SearchConfig, search_dir: Path, model: ModelContext, echo: Callable[..., Any]):
+    def __init__(self, config: SearchSetup, search_dir: Path, model: ModelContext, echo: Callable[..., Any]):
         self.config = config
         self.settings = config.settings
         self.dir = Path(search_dir)
@@ -196,7 +195,7 @@ class StageDesigns:
             "tasks": self.config.tasks,
             "n": s.n,
             "sample_seed": s.seed,
-            "min_ok": s.min_ok,
+            "min_ok": min_ok_count(s),
             "bootstrap": s.bootstrap,
             "seed": s.seed,
             "epochs": s.epochs,

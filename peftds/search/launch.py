@@ -23,7 +23,7 @@ import yaml
 
 from peftds.config.compose import compose, conf_dir, hydra_error_line
 from peftds.errors import PeftdsError
-from peftds.files import SEARCH_CONFIG, TRIALS_DIR, file_lock, write_text_atomic
+from peftds.files import CONF_SUBDIR, SEARCH_CONFIG, SEARCH_LOCK, TRIALS_DIR, file_lock, write_text_atomic
 from peftds.search.runner import Search
 from peftds.search.settings import config_hash
 from peftds.search.stages import safe_name
@@ -32,8 +32,6 @@ from peftds.search.trial import trial_job
 
 FILE_GROUPS = ("search", "stage", "space")  # groups whose value may be a YAML file path
 GROUP_DEFAULTS = (("search", "default"), ("stage", "grouping"), ("space", "s0"))
-CONF_SUBDIR = "conf"  # <search dir>/conf: a Hydra search path (file groups copied here, sampled designs)
-SEARCH_LOCK = ".search.lock"
 PRIMARY_CONFIG = "config"  # conf/config.yaml, the primary config every command composes
 # keys the search dir decides: given by the user they would send trials elsewhere
 DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir")

@@ -29,14 +29,20 @@ from typing import Any
 import numpy as np
 
 from peftds.errors import PeftdsError
-from peftds.files import STAGE_FILE, TRIALS_FILE, read_json, write_json_atomic, write_text_atomic
+from peftds.files import (
+    REPLAY_JSON,
+    REPLAY_MD,
+    REPLAY_PLOT,
+    STAGE_FILE,
+    TRIALS_FILE,
+    read_json,
+    write_json_atomic,
+    write_text_atomic,
+)
 from peftds.search.racing import METHODS, RaceSettings, race_batch
 from peftds.search.stats import design_scores, read_table
 
 # to move into peftds.files
-REPLAY_JSON = "replay.json"
-REPLAY_REPORT = "replay.md"
-REPLAY_PLOT = "replay.png"
 
 EPOCH_SCORES = "epoch_scores"  # trials.csv column: JSON list of the held-out score after each epoch
 TARGET_AGREEMENT = 0.90  # "racing picks the full-N winner in >= 90% of replays ..."
@@ -353,7 +359,7 @@ def write_replay(stage_dir: str | Path, result: Mapping[str, Any]) -> list[Path]
     stage_dir = Path(stage_dir)
     out = [
         write_json_atomic(stage_dir / REPLAY_JSON, result),
-        write_text_atomic(stage_dir / REPLAY_REPORT, markdown(result)),
+        write_text_atomic(stage_dir / REPLAY_MD, markdown(result)),
     ]
     tmp = stage_dir / f".{REPLAY_PLOT}.tmp.png"  # plotted aside, then moved: a kill leaves no half PNG
     plot(result, tmp)

@@ -51,7 +51,7 @@ from peftds.design.space import Space
 from peftds.errors import PeftdsError
 from peftds.files import BEST_DESIGN, SPACE_FINAL, TRIALS_DIR, write_text_atomic
 from peftds.search.designs import ModelContext, StageDesigns
-from peftds.search.settings import SearchConfig
+from peftds.search.settings import SearchSetup
 from peftds.search.stage_run import StageResult, StageRun
 from peftds.search.stages import StageSpec, stage_chain
 from peftds.search.state import record_stages_run
@@ -62,7 +62,7 @@ class Search:
 
     def __init__(
         self,
-        config: SearchConfig,
+        config: SearchSetup,
         search_dir: Path,
         forward: Sequence[str] = (),
         launcher: Any = None,
@@ -81,7 +81,7 @@ class Search:
     def from_config(cls, cfg: Any, search_dir: Path, forward: Sequence[str] = (), launcher: Any = None,
                     echo: Callable[..., Any] = print) -> Search:  # fmt: skip
         """The one place a search reads the composed (OmegaConf) config."""
-        return cls(SearchConfig.from_config(cfg), search_dir, forward, launcher, echo)
+        return cls(SearchSetup.from_config(cfg), search_dir, forward, launcher, echo)
 
     @property
     def model(self) -> ModelContext:

@@ -1,6 +1,6 @@
-"""What a search reads from the composed config, turned into plain values once (SearchConfig.from_config).
+"""What a search reads from the composed config, turned into plain values once (SearchSetup.from_config).
 
-Nothing past SearchConfig touches an OmegaConf object: the search, its stages and trials work on the
+Nothing past SearchSetup touches an OmegaConf object: the search, its stages and trials work on the
 dataclasses and plain dicts built here.
 """
 
@@ -10,64 +10,43 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
-from peftds.config.compose import conf_dir, plain, reject_unknown_keys
+from peftds.config.compose import conf_dir, plain
+from peftds.config.schema import convert
+from peftds.config.sections import SearchConfig
 from peftds.data.tasks import known_tasks, task_set
 from peftds.errors import PeftdsError
+from peftds.run_config import RunConfig
 
 # train.* keys that do not change what a trial computes (left out of the regime hash)
-COSMETIC_TRAIN_KEYS = {"progress", "logging_steps", "report_to", "output_dir", "save_params", "catch_errors"}
+# (divergence only decides when a failing run stops)
+COSMETIC_TRAIN_KEYS = {
+    "progress",
+    "logging_steps",
+    "report_to",
+    "output_dir",
+    "save_params",
+    "catch_errors",
+    "divergence",
+}
 COSMETIC_DATA_KEYS = {"dir", "source"}
 COSMETIC_MODEL_KEYS = {"name"}  # the config's own name; the model itself is name_or_path / arch / shape
 REGIME_SECTIONS = ("model", "budget", "data", "train")
 
 
-@dataclass(frozen=True)
-class SearchSettings:
-    """The `search:` section (conf/search/default.yaml documents every key)."""
-
-    n: int = 100
-    epochs: int = 3
-    task_set: str = "glue"
-    tasks: list[str] | None = None
-    seed: int = 0
-    min_ok: int = 1  # a count here (the config may give a share of n)
-    bootstrap: int = 2000
-    max_draws: int = 200
-    batch_size: int | None = None
-    retry_failed: bool = False
-    trial_threads: int | None = None
-    save_params: bool = False
-    report: bool = True
-    dir: str | None = None
-    gpu_slots: int | None = None
+def search_settings(raw: Mapping[str, Any] | None) -> SearchConfig:
+    """The `search` section, checked (known keys, types, ranges: see peftds.config.sections.SearchConfig)."""
+    return convert(SearchConfig, raw)
 
 
-SEARCH_KEYS = tuple(f.name for f in fields(SearchSettings))
+def min_ok_count(settings: SearchConfig) -> int:
+    """Complete designs an option needs for a winner: search.min_ok as a count (a share of n when < 1)."""
+    return max(1, math.ceil(settings.min_ok * settings.n) if settings.min_ok < 1 else int(settings.min_ok))
 
 
-def search_settings(raw: Mapping[str, Any] | None) -> SearchSettings:
-    """Validate the plain `search` section: known keys, integers, n >= 1, epochs >= 1; min_ok as a count."""
-    raw = dict(raw or {})
-    reject_unknown_keys(raw, SEARCH_KEYS, "search config")
-    s = {**{f.name: f.default for f in fields(SearchSettings)}, "min_ok": 0.5, **raw}
-    for key in ("n", "epochs", "bootstrap", "max_draws", "seed"):
-        try:
-            s[key] = int(s[key])
-        except (TypeError, ValueError):
-            raise PeftdsError(f"search.{key} must be an integer, got {s[key]!r}") from None
-    if s["n"] < 1:
-        raise PeftdsError(f"search.n must be >= 1, got {s['n']}")
-    if s["epochs"] < 1:
-        raise PeftdsError(f"search.epochs must be >= 1, got {s['epochs']}")
-    min_ok = float(s["min_ok"])
-    s["min_ok"] = max(1, math.ceil(min_ok * s["n"]) if min_ok < 1 else int(min_ok))
-    return SearchSettings(**s)
-
-
-def search_tasks(settings: SearchSettings) -> list[str]:
+def search_tasks(settings: SearchConfig) -> list[str]:
     """The tasks every design is trained on: search.tasks, else the task set (conf_dir() honours PEFTDS_CONF)."""
     if settings.tasks:
         tasks = [str(t) for t in settings.tasks]
@@ -99,10 +78,10 @@ def config_hash(obj: Any, n: int = 8) -> str:
 
 
 @dataclass
-class SearchConfig:
+class SearchSetup:
     """Everything a search needs from the composed config, as plain values."""
 
-    settings: SearchSettings
+    settings: SearchConfig
     tasks: list[str]
     seed: int  # the global `seed` (part of every trial id)
     regime: dict[str, Any]
@@ -120,9 +99,11 @@ class SearchConfig:
         return config_hash(self.regime)
 
     @classmethod
-    def from_config(cls, cfg: Any) -> SearchConfig:
-        """Read the composed config (an OmegaConf object or a plain mapping) in one place."""
-        settings = search_settings(plain(cfg.get("search")))
+    def from_config(cls, cfg: Any) -> SearchSetup:
+        """Read the composed config (an OmegaConf object or a plain mapping) in one place; every section is
+        checked (RunConfig) before anything is sampled or trained."""
+        settings = search_settings(cfg.get("search"))
+        RunConfig.from_composed(cfg)
         tasks = search_tasks(settings)
         sections = {k: plain(cfg.get(k)) for k in REGIME_SECTIONS}
         launcher = (cfg.get("hydra") or {}).get("launcher") or {}  # only two scalars: no need to resolve it all

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peftds.design.space import Space
-from peftds.files import RESULT_FILE, TRIALS_DIR, TRIALS_FILE
+from peftds.files import FAILED_RESULT, RESULT_FILE, TRIALS_DIR, TRIALS_FILE
 from peftds.search.designs import Sample
 from peftds.search.report import markdown_table, verdict, write_stage_report
 from peftds.search.selection import next_space, write_space_next, write_summary
@@ -29,8 +29,6 @@ from peftds.train.record import RunRecord
 
 if TYPE_CHECKING:
     from peftds.search.runner import Search
-
-FAILED_RESULT = "result.failed.json"  # a failed trial's record kept aside by search.retry_failed
 
 
 @dataclass

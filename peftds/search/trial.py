@@ -16,14 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from peftds.config.schema import convert
+from peftds.config.sections import SearchConfig
 from peftds.errors import PeftdsError
-from peftds.files import RESULT_FILE, TRIAL_LOG, read_json, try_lock_forever, write_json_atomic
+from peftds.files import GPU_SLOT_LOCK, RESULT_FILE, TRIAL_LOG, read_json, try_lock_forever, write_json_atomic
+from peftds.run_config import RunConfig
 from peftds.search.designs import Sample
 from peftds.train import job
 
-FINISHED = ("ok", "failed")
+FINISHED = ("ok", "failed", "diverged")
 RETURNED_KEYS = ("status", "error", "score", "best", "wall_time_s", "trainable_params", "device", "run_dir")
-GPU_SLOT_LOCK = ".gpu_slot{}.lock"
 
 
 @dataclass
@@ -55,10 +57,13 @@ def finished_result(trial_dir: Path) -> dict[str, Any] | None:
 
 
 def effective_status(rec: Mapping[str, Any] | None) -> str | None:
-    """A record's status, with an `ok` run whose score is missing or not finite counted as failed."""
+    """A record's status as the search counts it: a diverged run, and an `ok` run whose score is missing or
+    not finite, count as failed (the error says why)."""
     if rec is None:
         return None
     status = rec.get("status")
+    if status == "diverged":
+        return "failed"
     score = rec.get("score")
     if status == "ok" and not (isinstance(score, int | float) and math.isfinite(score)):
         return "failed"
@@ -72,12 +77,12 @@ def trial_job(cfg: Any) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)  # <search dir>/trials/<trial id>
-    settings = cfg.get("search") or {}
-    if settings.get("gpu_slots"):
-        claim_gpu_slot(int(settings["gpu_slots"]), run_dir.parent.parent)
-    threads = settings.get("trial_threads")
-    if threads:
-        torch.set_num_threads(int(threads))
+    run = RunConfig.from_composed(cfg)  # this job's entry: below here, typed objects only
+    settings = convert(SearchConfig, cfg.get("search"))
+    if settings.gpu_slots:
+        claim_gpu_slot(settings.gpu_slots, run_dir.parent.parent)
+    if settings.trial_threads:
+        torch.set_num_threads(settings.trial_threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = f"cuda:{torch.cuda.get_device_name()}" if torch.cuda.is_available() else "cpu"
     with (
@@ -86,7 +91,7 @@ def trial_job(cfg: Any) -> dict[str, Any]:
         contextlib.redirect_stdout(log),
         contextlib.redirect_stderr(log),
     ):
-        rec = job.train_job(cfg, run_dir)  # looked up at call time (tests stand in for training here)
+        rec = job.train_job(run, run_dir)  # looked up at call time (tests stand in for training here)
     rec["device"] = device
     write_json_atomic(run_dir / RESULT_FILE, rec)
     return {k: rec.get(k) for k in RETURNED_KEYS}

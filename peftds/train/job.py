@@ -44,8 +44,6 @@ def hydra_run_dir() -> Path | None:
 
 def train_job(run: RunConfig, run_dir: Path | None = None) -> dict[str, Any]:
     """Train run.design on run.task; returns the result record (also written to result.json)."""
-    if not isinstance(run, RunConfig):  # TRANSITIONAL: search trials still pass the composed config
-        run = RunConfig.from_composed(run)
     start = time.time()
     run_dir = Path(run_dir or hydra_run_dir() or run.train.output_dir or "outputs/train/manual")
     rec = RunRecord(

@@ -13,21 +13,18 @@ from .helpers import fake_score
 @pytest.fixture()
 def fake_training(monkeypatch):
     """Replace peftds.train.job.train_job (what a trial runs) by a stand-in writing the same result.json."""
-    from omegaconf import OmegaConf
-
     import peftds.train.job as training
     from peftds.train.record import RunRecord
 
     calls: list[dict] = []
     rules: dict = {}
 
-    def fake(cfg, run_dir=None):
+    def fake(run, run_dir=None):
         run_dir = Path(run_dir)
-        design = OmegaConf.to_container(cfg.design, resolve=True)
-        calls.append({"run_dir": str(run_dir), "design": design, "task": cfg.task.name, "trial": dict(cfg.trial)})
-        rec = RunRecord(run_dir, task=cfg.task.name, design=design["name"], seed=int(cfg.seed),
-                        trial=OmegaConf.to_container(cfg.trial))  # fmt: skip
-        assert cfg.train.eval_split == "heldout" and cfg.train.progress is False
+        design = run.design_config
+        calls.append({"run_dir": str(run_dir), "design": design, "task": run.task.name, "trial": dict(run.trial)})
+        rec = RunRecord(run_dir, task=run.task.name, design=design["name"], seed=run.seed, trial=run.trial)
+        assert run.train.eval_split == "heldout" and run.train.progress is False
         g1 = design["strategies"][0]
         if rules.get("crash") and rules["crash"](design):
             rec.update(status="failed", error="RuntimeError: simulated crash", wall_time_s=0.01)

@@ -10,7 +10,7 @@ from peftds.design.space import Space
 from peftds.errors import PeftdsError
 from peftds.search.designs import ModelContext, StageDesigns, group_sizes_text, option_spaces
 from peftds.search.selection import next_space, write_space_next
-from peftds.search.settings import SearchConfig
+from peftds.search.settings import SearchSetup
 from peftds.search.stages import StageSpec
 
 
@@ -18,7 +18,7 @@ from peftds.search.stages import StageSpec
 def config():
     from peftds.config.compose import compose
 
-    return SearchConfig.from_config(compose(["model=tiny_bert", "+search=tiny", "+stage=grouping", "+space=s0"]))
+    return SearchSetup.from_config(compose(["model=tiny_bert", "+search=tiny", "+stage=grouping", "+space=s0"]))
 
 
 ALLOC = StageSpec.from_config({"name": "allocation", "dimension": "allocation",

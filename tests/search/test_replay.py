@@ -9,11 +9,9 @@ import numpy as np
 import pytest
 
 from peftds.errors import PeftdsError
+from peftds.files import REPLAY_JSON, REPLAY_MD, REPLAY_PLOT
 from peftds.search.racing import RaceSettings
 from peftds.search.replay import (
-    REPLAY_JSON,
-    REPLAY_PLOT,
-    REPLAY_REPORT,
     best_default,
     cmd_replay,
     load_stage,
@@ -41,7 +39,7 @@ def test_replay_of_a_clear_stage(tmp_path, capsys):
     assert cmd_replay([str(d), "replays=40", "seed=3"]) == 0
     out = capsys.readouterr().out
     assert "default racing t" in out and "target" in out
-    for name in (REPLAY_JSON, REPLAY_REPORT, REPLAY_PLOT):
+    for name in (REPLAY_JSON, REPLAY_MD, REPLAY_PLOT):
         assert (d / name).stat().st_size > 0
     res = json.loads((d / REPLAY_JSON).read_text())
     assert res["full_n_winner"] == "b" and res["replays"] == 40 and res["orders"] == 20
@@ -56,7 +54,7 @@ def test_replay_of_a_clear_stage(tmp_path, capsys):
     assert rows["N=4"]["compute_fraction"] == pytest.approx(4 / 12)
     fams = {r["family"] for r in res["policies"]}
     assert {"fixed N", "epoch 1", "epoch 2", "racing hoeffding", "racing at epoch k", "racing + early epoch k"} <= fams
-    md = (d / REPLAY_REPORT).read_text()
+    md = (d / REPLAY_MD).read_text()
     assert "| full | full N=12 | 100.0% |" in md and REPLAY_PLOT in md
     assert set(res["target"]) >= {"default", "default_meets", "best"}
 

@@ -7,8 +7,11 @@ import pytest
 import yaml
 
 from peftds.config.compose import conf_dir, plain
+from peftds.config.sections import SearchConfig
 from peftds.errors import PeftdsError
-from peftds.search.settings import SEARCH_KEYS, SearchConfig, config_hash, regime_of, search_settings
+from peftds.search.settings import SearchSetup, config_hash, min_ok_count, regime_of, search_settings
+
+SEARCH_KEYS = SearchConfig.keys()
 
 
 def composed(compose_cfg, *overrides):
@@ -54,8 +57,10 @@ def test_tiny_preset_and_presets_hold_only_their_differences(compose_cfg):
         ({"n": 0}, "search.n must be >= 1"),
         ({"epochs": 0}, "search.epochs must be >= 1"),
         ({"n": "many"}, "search.n must be an integer, got 'many'"),
+        ({"n": "10"}, "search.n must be an integer, got '10'"),
         ({"bootstrap": None}, "search.bootstrap must be an integer"),
-        ({"n_designs": 3}, r"search config: unknown key\(s\) \['n_designs'\]"),
+        ({"min_ok": 0}, "search.min_ok must be > 0"),
+        ({"n_designs": 3}, r"search: unknown key\(s\) \['n_designs'\]"),
     ],
 )
 def test_search_settings_errors_name_the_key(raw, match):
@@ -64,16 +69,17 @@ def test_search_settings_errors_name_the_key(raw, match):
 
 
 def test_search_settings_values():
-    s = search_settings({"n": "10", "min_ok": 0.25})
-    assert s.n == 10 and s.min_ok == 3 and s.epochs == 3 and s.task_set == "glue"  # ceil(0.25 * 10)
-    assert search_settings({"n": 10, "min_ok": 4}).min_ok == 4 and search_settings({"n": 2, "min_ok": 0}).min_ok == 1
+    s = search_settings({"n": 10, "min_ok": 0.25})
+    assert s.n == 10 and min_ok_count(s) == 3 and s.epochs == 3 and s.task_set == "glue"  # ceil(0.25 * 10)
+    assert min_ok_count(search_settings({"n": 10, "min_ok": 4})) == 4
+    assert min_ok_count(search_settings({"n": 2, "min_ok": 0.1})) == 1
 
 
 def test_regime_hash_is_stable(compose_cfg):
     """Trial ids carry this hash: a change makes existing search dirs re-run every trial."""
     assert config_hash({"a": 1}) == "e4ad4daa" and config_hash([1, "x"], 10) == "7e39f38061"
     cfg = compose_cfg("model=tiny_bert", "+search=tiny", "+stage=grouping", "+space=s0")
-    config = SearchConfig.from_config(cfg)
+    config = SearchSetup.from_config(cfg)
     assert config.regime_hash == "3a173544"
     # cosmetic keys (progress bars, logging, where data is read from, the model config's name) are left out
     sections = {"model": {"arch": "bert", "name": "x"}, "budget": {"fraction": 0.02},
@@ -86,7 +92,7 @@ def test_regime_hash_is_stable(compose_cfg):
 
 def test_search_config_is_plain(compose_cfg):
     cfg = compose_cfg("model=tiny_bert", "+search=tiny", "+stage=all", "+space=s0", "search.tasks=[sst2,rte]")
-    config = SearchConfig.from_config(cfg)
+    config = SearchSetup.from_config(cfg)
     assert config.tasks == ["sst2", "rte"] and config.seed == 42 and config.settings.n == 1
     for value in (config.model, config.space, config.stage, config.data, config.hparams, config.regime):
         assert type(value) is dict
