@@ -58,7 +58,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "replay": Command(
         "peftds.search.replay:cmd_replay",
-        "replay a full-fidelity stage: how often racing / smaller N / fewer epochs pick the same winner, at what compute",
+        "replay a full-fidelity stage: how often racing, a smaller N or fewer epochs pick its winner, at what compute",
         usage="peftds replay <stage dir> [replays=200] [seed=0] [delta=0.05] [round_size=2]",
     ),
     "bench": Command(
