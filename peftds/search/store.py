@@ -16,8 +16,8 @@ from peftds.search.trial import Trial, effective_status
 
 ROW_FIELDS = [
     "stage", "option", "index", "task", "trial_id", "design", "design_hash", "design_file", "group_sizes", "tuned",
-    "allocation", "strategies", "sizes", "trainable_params", "budget_params", "metrics", "score", "epochs", "seed",
-    "wall_time_s", "device", "status", "error",
+    "allocation", "strategies", "sizes", "trainable_params", "budget_params", "metrics", "score", "epoch_scores",
+    "epochs", "seed", "wall_time_s", "device", "status", "error",
 ]  # fmt: skip
 RowKey = tuple[str, str, int, str]
 
@@ -87,7 +87,7 @@ def trial_row(key: RowKey, trial: Trial, rec: Mapping[str, Any], epochs: int, se
     status = effective_status(rec)
     error = rec.get("error") or ""
     score = rec.get("score")
-    if status != rec.get("status"):
+    if rec.get("status") == "ok" and status != "ok":
         error = f"non-finite score ({score})"
     best = rec.get("best") or {}
     metrics = {k: v for k, v in best.items() if k not in ("epoch", "score")}
@@ -109,6 +109,10 @@ def trial_row(key: RowKey, trial: Trial, rec: Mapping[str, Any], epochs: int, se
         "budget_params": sample.budget_params,
         "metrics": json.dumps(metrics, sort_keys=True) if metrics else "",
         "score": f"{score:.4f}" if status == "ok" else "",
+        # the held-out score after each epoch: a stage can be replayed at a lower fidelity afterwards
+        "epoch_scores": json.dumps([round(float(e["score"]), 4) for e in rec.get("epochs") or [] if "score" in e])
+        if status == "ok"
+        else "",
         "epochs": epochs,
         "seed": seed,
         "wall_time_s": f"{float(rec.get('wall_time_s') or 0):.1f}",
