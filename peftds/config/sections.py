@@ -77,6 +77,7 @@ class TrainConfig(Section):
     report_to: str | list[str] = setting("none", "HF integrations to report to (none, tensorboard, wandb, ...)")
     progress: bool = setting(True, "progress bar with steps and ETA")
     save_params: bool = setting(True, "save the trained strategy params + plan into <run dir>/design")
+    save_predictions: bool = setting(True, "write the scored split's predictions (best epoch) to predictions.jsonl")
     catch_errors: bool = setting(True, "record a crash as status failed instead of raising")
     output_dir: str | None = setting(None, "run dir when not run through Hydra")
     divergence: float = setting(

@@ -30,6 +30,7 @@ COSMETIC_TRAIN_KEYS = {
     "save_params",
     "catch_errors",
     "divergence",
+    "save_predictions",
 }
 COSMETIC_DATA_KEYS = {"dir", "source"}
 COSMETIC_MODEL_KEYS = {"name"}  # the config's own name; the model itself is name_or_path / arch / shape

@@ -21,11 +21,11 @@ from peftds.data.loading import choose_source, encode, load_splits, references
 from peftds.data.metrics import compute_metrics
 from peftds.design.apply import build, save_trained
 from peftds.errors import PeftdsError
-from peftds.files import DESIGN_DIR, git_commit, versions
+from peftds.files import DESIGN_DIR, PREDICTIONS_FILE, git_commit, versions
 from peftds.model.backbones import hf_config, is_seq2seq
 from peftds.run_config import RunConfig
 from peftds.train.evaluation import predict
-from peftds.train.record import RunRecord, peak_memory_mb, summary_line
+from peftds.train.record import RunRecord, peak_memory_mb, summary_line, write_predictions
 from peftds.train.setup import load_tokenizer, quiet_libraries
 from peftds.train.trainer import Diverged, trainer_classes
 
@@ -134,12 +134,17 @@ def _train(run: RunConfig, run_dir: Path, rec: RunRecord, start: float) -> None:
     epochs: list[dict[str, Any]] = []
 
     def eval_fn(m) -> dict[str, float]:
-        metrics = {}
+        metrics, scored = {}, []
         for name, (ds, ys) in evals.items():
-            got = compute_metrics(task, predict(m, task, ds, tokenizer, seq2seq, int(tc.eval_batch_size)), ys)
+            preds = predict(m, task, ds, tokenizer, seq2seq, int(tc.eval_batch_size))
+            got = compute_metrics(task, preds, ys)
             metrics.update(got if name == eval_split else {f"{name}_{k}": v for k, v in got.items()})
+            if name == eval_split:
+                scored = preds
         epochs.append({"epoch": len(epochs) + 1, **metrics})
         best = max(epochs, key=lambda e: e["score"])
+        if tc.save_predictions and best is epochs[-1]:  # the predictions behind the reported (best) score
+            write_predictions(run_dir / PREDICTIONS_FILE, scored, evals[eval_split][1], best["epoch"])
         rec.update(epochs=epochs, best=best, last=epochs[-1], score=best["score"])
         return metrics
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import resource
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from peftds.files import RESULT_FILE, write_json_atomic
+from peftds.files import RESULT_FILE, write_json_atomic, write_text_atomic
 
 
 class RunRecord:
@@ -33,6 +34,21 @@ def peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def write_predictions(path: Path, predictions: Sequence[Any], references: Sequence[Any], epoch: int) -> None:
+    """One JSON line per scored example (index, prediction, reference): what paired significance tests read."""
+    rows = (
+        json.dumps({"index": i, "prediction": p, "reference": r, "epoch": epoch})
+        for i, (p, r) in enumerate(zip(predictions, references, strict=True))
+    )
+    write_text_atomic(path, "\n".join(rows) + "\n")
+
+
+def read_predictions(path: Path) -> list[dict[str, Any]]:
+    """The rows `write_predictions` wrote, in example order."""
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
 
 
 def summary_line(rec: Mapping[str, Any]) -> str:
