@@ -257,8 +257,11 @@ class SearchCallbacks:
 
 
 @contextlib.contextmanager
-def hydra_session(overrides: list[str]) -> Iterator[tuple[Any, Any]]:
-    """Compose the config with Hydra (multirun mode) and instantiate the configured launcher."""
+def hydra_session(
+    overrides: list[str], task_function: Callable[[Any], Any] = trial_job, job_name: str = "search"
+) -> Iterator[tuple[Any, Any]]:
+    """Compose the config with Hydra (multirun mode) and instantiate the configured launcher, whose jobs
+    run `task_function` (a module-level function: launchers such as joblib pickle it)."""
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
@@ -267,7 +270,7 @@ def hydra_session(overrides: list[str]) -> Iterator[tuple[Any, Any]]:
 
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="search"):
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=job_name):
             loader = GlobalHydra.instance().config_loader()
             try:
                 cfg = loader.load_configuration(PRIMARY_CONFIG, overrides, run_mode=RunMode.MULTIRUN)
@@ -277,7 +280,7 @@ def hydra_session(overrides: list[str]) -> Iterator[tuple[Any, Any]]:
             ctx = HydraContext(config_loader=loader, callbacks=SearchCallbacks(cfg))
             try:
                 launcher = Plugins.instance().instantiate_launcher(
-                    hydra_context=ctx, task_function=trial_job, config=cfg
+                    hydra_context=ctx, task_function=task_function, config=cfg
                 )
             except Exception as e:
                 raise PeftdsError(f"cannot start the Hydra launcher: {hydra_error_line(e)}") from None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,39 +23,48 @@ RowKey = tuple[str, str, int, str]
 
 
 class TrialTable:
-    """trials.csv of a stage, keyed by (stage, option, index, task)."""
+    """A CSV table of runs with a key per row: by default trials.csv of a stage, keyed by
+    (stage, option, index, task); other tables name their `fields` and `key_columns` (compared as strings)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, fields: Sequence[str] = ROW_FIELDS, key_columns: Sequence[str] | None = None):
         self.path = Path(path)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.fields = list(fields)
+        self.key_columns = tuple(key_columns) if key_columns else None
 
     @staticmethod
     def key(row: Mapping[str, Any]) -> RowKey:
         return (str(row["stage"]), str(row["option"]), int(row["index"]), str(row["task"]))
 
+    def row_key(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The key of a row of this table."""
+        if self.key_columns is None:
+            return self.key(row)
+        return tuple(str(row[c]) for c in self.key_columns)
+
     def read(self) -> list[dict[str, str]]:
         if not self.path.exists():
             return []
         with open(self.path, newline="") as fh:
-            return [r for r in csv.DictReader(fh) if r.get("stage")]
+            return [r for r in csv.DictReader(fh) if r.get(self.fields[0])]
 
-    def keys(self) -> set[RowKey]:
-        return {self.key(r) for r in self.read()}
+    def keys(self) -> set[tuple[Any, ...]]:
+        return {self.row_key(r) for r in self.read()}
 
     def write(self, rows: list[Mapping[str, Any]]) -> None:
         """Replace the whole table (callers hold the lock)."""
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=ROW_FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(buf, fieldnames=self.fields, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({k: r.get(k, "") for k in ROW_FIELDS})
+            w.writerow({k: r.get(k, "") for k in self.fields})
         write_text_atomic(self.path, buf.getvalue())
 
-    def remove(self, keys: set[RowKey]) -> int:
+    def remove(self, keys: set[tuple[Any, ...]]) -> int:
         """Drop the rows with these keys; returns how many went."""
         with file_lock(self.lock_path):
             rows = self.read()
-            keep = [r for r in rows if self.key(r) not in keys]
+            keep = [r for r in rows if self.row_key(r) not in keys]
             if len(keep) != len(rows):
                 self.write(keep)
             return len(rows) - len(keep)
@@ -67,10 +76,10 @@ class TrialTable:
             return 0
         with file_lock(self.lock_path):
             existing = self.read()
-            have = {self.key(r) for r in existing}
+            have = {self.row_key(r) for r in existing}
             new = []
             for r in rows:
-                k = self.key(r)
+                k = self.row_key(r)
                 if k not in have:
                     have.add(k)
                     new.append(r)
