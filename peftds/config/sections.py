@@ -113,6 +113,12 @@ class SearchConfig(Section):
     save_params: bool = setting(False, "keep each trial's trained parameters")
     report: bool = setting(True, "write report.md + plots into every stage dir when it ends")
     dir: str | None = setting(None, "search dir (null: outputs/search/<stage>/run-<hash>); an existing one resumes")
+    # racing (peftds.search.racing): search keys only, so trial ids stay those of a full-fidelity stage
+    racing: bool = setting(False, "race a stage's options: stop sampling options clearly behind the leader")
+    racing_delta: float = setting(0.05, "error rate of a whole race (split over options and rounds)", gt=0.0, lt=1.0)
+    racing_method: str = setting("t", "interval of an option's mean in a race", choices=("t", "hoeffding", "bernstein"))
+    racing_round_size: int = setting(2, "designs each surviving option gets per round", ge=1)
+    racing_min_designs: int = setting(3, "designs every option gets in the first round", ge=2)
 
 
 @dataclass(frozen=True)
@@ -179,3 +185,32 @@ class BenchConfig(Section):
 SECTIONS: dict[str, type[Section]] = {
     cls.section: cls for cls in (BudgetConfig, ModelConfig, DataConfig, TrainConfig, SearchConfig, BenchConfig)
 }
+
+
+@dataclass(frozen=True)
+class CompareConfig(Section):
+    section = "compare"
+    name: str = setting("default", "the comparison's name: its default dir is outputs/compare/<name>")
+    dir: str | None = setting(None, "comparison dir (null: outputs/compare/<name>); an existing one resumes")
+    designs: list[str] = setting(
+        ["full", "adapter", "prefix", "lora", "bitfit@p0_1", "pa", "mam", "unipelt", "spindle"],
+        "table rows: design names or YAML paths, each optionally @<budget option> or @<fraction> (bitfit@p0_1)",
+    )
+    tasks: list[str] | None = setting(None, "table columns: explicit task list (overrides task_set)")
+    task_set: str = setting("glue", "conf/task_set/<name>.yaml: the tasks when compare.tasks is null")
+    seeds: list[int] = setting([1, 2, 3], "training seeds of every (design, task); the table pairs runs by seed")
+    columns: str = setting("score", "one column per task score, or per task metric", choices=("score", "metrics"))
+    average: bool = setting(True, "an average column (over the tasks some design learns)")
+    digits: int = setting(1, "decimals of the table's numbers", ge=0, le=4)
+    alpha: float = setting(0.05, "significance level of the best-vs-second marks", gt=0.0, lt=1.0)
+    bootstrap: int = setting(1000, "paired bootstrap resamples over dev examples (0: off)", ge=0)
+    published: bool = setting(True, "paper rows (peftds/compare/published.yaml) where the setting matches")
+    dry: bool = setting(False, "list the runs, their count and estimated GPU-hours; train nothing")
+    batch_size: int | None = setting(None, "runs handed to the launcher at once (null: by launcher)", ge=1)
+    threads: int | None = setting(None, "torch threads per run (null: torch's default)", ge=1)
+    gpu_slots: int | None = setting(None, "GPUs of this machine for hydra/launcher=joblib: one GPU per worker", ge=1)
+    save_params: bool = setting(False, "keep each run's trained parameters (full fine-tuning: the whole model)")
+    retry_failed: bool = setting(False, "on resume, run again the runs recorded as failed")
+
+
+SECTIONS[CompareConfig.section] = CompareConfig

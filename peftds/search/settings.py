@@ -19,6 +19,7 @@ from peftds.config.sections import SearchConfig
 from peftds.data.tasks import known_tasks, task_set
 from peftds.errors import PeftdsError
 from peftds.run_config import RunConfig
+from peftds.search.racing import RaceSettings
 
 # train.* keys that do not change what a trial computes (left out of the regime hash)
 # (divergence only decides when a failing run stops)
@@ -39,7 +40,20 @@ REGIME_SECTIONS = ("model", "budget", "data", "train")
 
 def search_settings(raw: Mapping[str, Any] | None) -> SearchConfig:
     """The `search` section, checked (known keys, types, ranges: see peftds.config.sections.SearchConfig)."""
-    return convert(SearchConfig, raw)
+    settings = convert(SearchConfig, raw)
+    race_settings(settings)  # the race's own checks, before anything is sampled
+    return settings
+
+
+def race_settings(settings: SearchConfig) -> RaceSettings:
+    """How a racing stage races (search.racing_*). Epoch fidelity stays a replay knob: trials train
+    search.epochs epochs (they cannot stop after epoch k yet)."""
+    return RaceSettings(
+        delta=settings.racing_delta,
+        round_size=settings.racing_round_size,
+        min_designs=settings.racing_min_designs,
+        method=settings.racing_method,
+    )
 
 
 def min_ok_count(settings: SearchConfig) -> int:

@@ -9,7 +9,14 @@ import yaml
 from peftds.config.compose import conf_dir, plain
 from peftds.config.sections import SearchConfig
 from peftds.errors import PeftdsError
-from peftds.search.settings import SearchSetup, config_hash, min_ok_count, regime_of, search_settings
+from peftds.search.settings import (
+    SearchSetup,
+    config_hash,
+    min_ok_count,
+    race_settings,
+    regime_of,
+    search_settings,
+)
 
 SEARCH_KEYS = SearchConfig.keys()
 
@@ -45,7 +52,7 @@ def test_tiny_preset_and_presets_hold_only_their_differences(compose_cfg):
     assert (data["max_train_samples"], data["heldout"], train["max_steps"], train["max_source_len"]) == (16, 16, 2, 32)
     _, default, data, _ = composed(compose_cfg, "+search=default")
     assert set(default) == set(SEARCH_KEYS) and data["max_train_samples"] is None
-    for preset in ("demo", "tiny"):
+    for preset in ("demo", "tiny", "racing"):
         text = yaml.safe_load((conf_dir() / "search" / f"{preset}.yaml").read_text())
         assert text["defaults"][0] == "default" and set(text["search"]) < set(SEARCH_KEYS)
         assert "dir" not in text["search"] and "report" not in text["search"]
@@ -60,12 +67,24 @@ def test_tiny_preset_and_presets_hold_only_their_differences(compose_cfg):
         ({"n": "10"}, "search.n must be an integer, got '10'"),
         ({"bootstrap": None}, "search.bootstrap must be an integer"),
         ({"min_ok": 0}, "search.min_ok must be > 0"),
-        ({"n_designs": 3}, r"search: unknown key\(s\) \['n_designs'\]"),
+        ({"n_designs": 3}, r"unknown key\(s\) .*n_designs"),
+        ({"racing_delta": 1.5}, "search.racing_delta must be < 1"),
+        ({"racing_method": "z"}, "search.racing_method"),
+        ({"racing_round_size": 0}, "search.racing_round_size must be >= 1"),
+        ({"racing_min_designs": 1}, "search.racing_min_designs must be >= 2"),
     ],
 )
 def test_search_settings_errors_name_the_key(raw, match):
     with pytest.raises(PeftdsError, match=match):
         search_settings(raw)
+
+
+def test_racing_preset_and_race_settings(compose_cfg):
+    _, search, _, _ = composed(compose_cfg, "+search=racing")
+    _, default, _, _ = composed(compose_cfg, "+search=default")
+    assert search == {**default, "racing": True} and default["racing"] is False
+    r = race_settings(search_settings(search))
+    assert (r.method, r.delta, r.round_size, r.min_designs, r.fidelity) == ("t", 0.05, 2, 3, None)
 
 
 def test_search_settings_values():
@@ -81,6 +100,10 @@ def test_regime_hash_is_stable(compose_cfg):
     cfg = compose_cfg("model=tiny_bert", "+search=tiny", "+stage=grouping", "+space=s0")
     config = SearchSetup.from_config(cfg)
     assert config.regime_hash == "3a173544"
+    # racing keys are search keys: a race shares its trials (ids) with the full protocol
+    racing = compose_cfg("model=tiny_bert", "+search=tiny", "+stage=grouping", "+space=s0", "search.racing=true",
+                         "search.racing_delta=0.2", "search.racing_method=hoeffding")  # fmt: skip
+    assert SearchSetup.from_config(racing).regime_hash == "3a173544"
     # cosmetic keys (progress bars, logging, where data is read from, the model config's name) are left out
     sections = {"model": {"arch": "bert", "name": "x"}, "budget": {"fraction": 0.02},
                 "data": {"dir": "/a", "heldout": 16}, "train": {"lr": 1e-3, "progress": True}}  # fmt: skip
