@@ -17,6 +17,13 @@ from peftds.data.tasks import Task
 from peftds.design.plan import Design
 from peftds.errors import PeftdsError
 
+# Top-level keys of the config tree: the groups (each command composes its own), `seed`, `format` (inspect)
+# and `trial` (a search trial's identity).
+TOP_LEVEL_KEYS = (
+    "model", "budget", "design", "task", "data", "train", "seed", "format", "trial",
+    "search", "stage", "space", "bench", "compare",
+)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -53,6 +60,9 @@ class RunConfig:
     def from_mapping(cls, plain: Mapping[str, Any]) -> RunConfig:
         plain = dict(plain)
         plain.pop("hydra", None)
+        unknown = sorted(set(plain) - set(TOP_LEVEL_KEYS))
+        if unknown:
+            raise PeftdsError(f"unknown top-level key(s) {', '.join(unknown)} (known: {', '.join(TOP_LEVEL_KEYS)})")
         seed = plain.get("seed", 42)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise PeftdsError(f"seed must be an integer, got {seed!r}")

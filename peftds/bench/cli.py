@@ -24,6 +24,7 @@ from peftds.bench.settings import BenchSettings
 from peftds.bench.step import run_bench, table
 from peftds.bench.tables import merge_tables
 from peftds.config.compose import compose_for, plain
+from peftds.design.plan import Design
 from peftds.errors import PeftdsError
 from peftds.files import write_json_atomic
 
@@ -82,15 +83,14 @@ def out_path(out: str | None, run_dir: Path | None, stem: str) -> Path:
 
 def extra_designs(overrides: Sequence[str], designs: Sequence[str]) -> dict[str, Mapping[str, Any] | str]:
     """``bench.designs``: each design composed with the run's other overrides (``design:<stem>`` -> its
-    config), or the one-line reason it cannot be (reported in the record; the others are still timed)."""
+    config). An unknown or malformed design stops the bench before any model loads; one the model cannot
+    afford is reported in the record while the others are still timed."""
     keep = [a for a, ov in zip(overrides, parse_overrides(overrides)) if ov.key_or_group.split(".")[0] != "design"]
     out: dict[str, Mapping[str, Any] | str] = {}
     for extra in designs:
-        name = f"design:{Path(extra).stem}"
-        try:
-            out[name] = dict(plain(compose_for(GROUPS, [*keep, f"design={extra}"]).design))
-        except Exception as e:
-            out[name] = f"{type(e).__name__}: {e}"
+        design = dict(plain(compose_for(GROUPS, [*keep, f"design={extra}"]).design))
+        Design.from_config(design)
+        out[f"design:{Path(extra).stem}"] = design
     return out
 
 

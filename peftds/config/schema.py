@@ -197,7 +197,8 @@ def convert(cls: type[Section], raw: Mapping[str, Any] | None, where: str | None
     names = cls.keys()
     unknown = sorted(set(raw) - set(names))
     if unknown:
-        raise PeftdsError(f"{where}: unknown key(s) {unknown} (known: {', '.join(names)})")
+        named = ", ".join(f"{where}.{k}" if where else k for k in unknown)
+        raise PeftdsError(f"unknown key(s) {named} (known: {', '.join(names)})")
     hints = _hints(cls)
     values = {}
     for f in dataclasses.fields(cls):

@@ -31,10 +31,20 @@ from pathlib import Path
 from typing import Any
 
 from peftds.config.compose import reject_unknown_keys
+from peftds.config.schema import Section, convert, setting
 from peftds.data.metrics import METRICS
 from peftds.errors import PeftdsError
 
 KINDS = ("classification", "regression", "generation")
+
+
+@dataclass(frozen=True)
+class GenerationConfig(Section):
+    """A task's `generation:` settings (token limits apply to every task; beams to generation tasks)."""
+
+    num_beams: int = setting(1, "beams of generation (XSum, WMT)", ge=1)
+    max_source_len: int = setting(128, "input token limit", ge=1)
+    max_target_len: int = setting(8, "target token limit", ge=1)
 
 
 def default_conf_dir() -> Path:
@@ -90,8 +100,9 @@ class Task:
                 cfg[key] = [cfg[key]]
         if cfg.get("regression_range") is not None:
             cfg["regression_range"] = tuple(float(x) for x in cfg["regression_range"])
-        for key in ("hub", "local", "generation"):
+        for key in ("hub", "local"):
             cfg[key] = dict(cfg.get(key) or {})
+        cfg["generation"] = convert(GenerationConfig, cfg.get("generation"), "task.generation").to_dict()
         if cfg.get("normalize_diacritics") is None:
             cfg["normalize_diacritics"] = []
         task = cls(**cfg)

@@ -42,6 +42,15 @@ def hydra_run_dir() -> Path | None:
         return None
 
 
+def check_task_fits_model(run: RunConfig) -> None:
+    """A generation task (XSum, WMT) needs a text-to-text model."""
+    if run.task is not None and run.task.kind == "generation" and not is_seq2seq(run.model):
+        raise PeftdsError(
+            f"task '{run.task.name}' needs a text-to-text model; model {run.model.name} ({run.model.arch}) "
+            "is encoder-only"
+        )
+
+
 def train_job(run: RunConfig, run_dir: Path | None = None) -> dict[str, Any]:
     """Train run.design on run.task; returns the result record (also written to result.json)."""
     start = time.time()
@@ -82,11 +91,8 @@ def _train(run: RunConfig, run_dir: Path, rec: RunRecord, start: float) -> None:
     task = run.task
     if task is None:
         raise PeftdsError("no task selected (task=<name>)")
+    check_task_fits_model(run)
     seq2seq = is_seq2seq(run.model)
-    if not seq2seq and task.kind == "generation":
-        raise PeftdsError(
-            f"task '{task.name}' needs a text-to-text model; model {run.model.name} ({run.model.arch}) is encoder-only"
-        )
     tokenizer = load_tokenizer(run.model, seq2seq)
     splits = load_splits(task, run.data)
     eval_split = tc.eval_split
@@ -224,6 +230,7 @@ def run_hydra(task_fn: Callable[[Any], Any], argv: list[str], job_name: str) -> 
     if run.model.pretrained and run.model.name_or_path:
         hf_config(run.model, allow_fallback=False)  # an unreachable model (e.g. offline) fails here, in one line
     if run.task is not None:
+        check_task_fits_model(run)
         choose_source(run.task, run.data)  # so do missing data files
     result: dict[str, Any] = {}
 

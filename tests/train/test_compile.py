@@ -44,6 +44,7 @@ def buckets_used(cfg):
 
 
 def test_compiled_training_matches_eager_and_compiles_once_per_bucket(compose_cfg, data_dir, tmp_path):
+    from peftds.run_config import RunConfig
     from peftds.train.job import train_job
 
     over = [
@@ -63,7 +64,7 @@ def test_compiled_training_matches_eager_and_compiles_once_per_bucket(compose_cf
     with one_thread():
         for mode in ("false", "true"):
             cfg = compose_cfg(*over, f"train.compile={mode}")
-            recs[mode] = train_job(cfg, run_dir=tmp_path / f"compile_{mode}")
+            recs[mode] = train_job(RunConfig.from_composed(cfg), run_dir=tmp_path / f"compile_{mode}")
     eager, comp = recs["false"], recs["true"]
     assert eager["status"] == comp["status"] == "ok", (eager.get("error"), comp.get("error"))
     # the same loss trajectory, step by step (fp32, CPU)

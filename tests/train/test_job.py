@@ -11,6 +11,7 @@ import pytest
 
 from peftds.config.compose import compose
 from peftds.files import RESULT_FILE
+from peftds.run_config import RunConfig
 from peftds.train.job import train_job
 
 RECORD_KEYS = {
@@ -46,7 +47,7 @@ PEFTDS = os.path.join(os.path.dirname(sys.executable), "peftds")
 
 def run(tmp_path, *overrides):
     cfg = compose(["train.progress=false", *overrides])
-    rec = train_job(cfg, run_dir=tmp_path)
+    rec = train_job(RunConfig.from_composed(cfg), run_dir=tmp_path)
     on_disk = json.loads((tmp_path / RESULT_FILE).read_text())
     assert on_disk["status"] == rec["status"]
     return rec

@@ -29,4 +29,15 @@ def get_strategy(name: str) -> Strategy:
         raise PeftdsError(f"unknown strategy '{name}' (known: {', '.join(NAMES)})") from None
 
 
-__all__ = ["APPLY_ORDER", "LETTERS", "LETTERS_NOTE", "NAMES", "STRATEGIES", "AttnShape", "LayerShape", "Strategy", "get_strategy", "strategy_label"]
+__all__ = [
+    "APPLY_ORDER",
+    "LETTERS",
+    "LETTERS_NOTE",
+    "NAMES",
+    "STRATEGIES",
+    "AttnShape",
+    "LayerShape",
+    "Strategy",
+    "get_strategy",
+    "strategy_label",
+]

@@ -79,5 +79,5 @@ class Strategy(ABC):
     def apply(self, backbone: Backbone, layer: Layer, size: int, hp: Mapping[str, Any]) -> None:
         """Add this strategy to one layer; new/unfrozen parameters have requires_grad=True."""
 
-    def prepare(self, backbone: Backbone, hp: Mapping[str, Any]) -> None:
+    def prepare(self, backbone: Backbone, hp: Mapping[str, Any]) -> None:  # noqa: B027 - an optional hook
         """Model-level set-up, called once before the first ``apply`` (e.g. attention hooks)."""

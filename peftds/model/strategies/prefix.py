@@ -138,7 +138,7 @@ def _left_pad(t: torch.Tensor, p: int, fill: bool | float) -> torch.Tensor:
     return torch.cat([pad, t], dim=-1)
 
 
-def _extended(src: torch.Tensor, p: int) -> torch.Tensor:
+def extended_mask(src: torch.Tensor, p: int) -> torch.Tensor:
     """``src`` with p leading key columns that block nothing (True for bool masks, 0 otherwise)."""
     fill = True if src.dtype == torch.bool else 0.0
     # Under torch.compile the id()-keyed cache would force a recompile every step: pad in the graph.
@@ -157,7 +157,7 @@ def _extended(src: torch.Tensor, p: int) -> torch.Tensor:
     return out
 
 
-def _causal_with_prefix(q_len: int, kv_len: int, p: int, device: torch.device) -> torch.Tensor:
+def causal_with_prefix(q_len: int, kv_len: int, p: int, device: torch.device) -> torch.Tensor:
     """Boolean ``[1, 1, q, p + kv]``: every query sees the prefix, then key j <= query i."""
     if torch.compiler.is_compiling():
         causal = torch.arange(q_len, device=device)[:, None] >= torch.arange(kv_len, device=device)[None, :]
@@ -227,15 +227,15 @@ def _make_attention(base: str) -> Callable:
         else:
             value = torch.cat([pv, value], dim=2)
         if attention_mask is not None:
-            attention_mask = _extended(attention_mask, p)
+            attention_mask = extended_mask(attention_mask, p)
         elif base == "sdpa" and query.shape[2] > 1:
             is_causal = kwargs.get("is_causal")
             if is_causal is None:
                 is_causal = getattr(module, "is_causal", True)
             if is_causal:
-                attention_mask = _causal_with_prefix(query.shape[2], key.shape[2] - p, p, query.device)
+                attention_mask = causal_with_prefix(query.shape[2], key.shape[2] - p, p, query.device)
         if kwargs.get("position_bias") is not None:
-            kwargs["position_bias"] = _extended(kwargs["position_bias"], p)
+            kwargs["position_bias"] = extended_mask(kwargs["position_bias"], p)
         out, weights = fn(module, query, key, value, attention_mask, *args, **kwargs)
         if gate is None:
             return out, weights

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from peftds.model.strategies.prefix import PREFIX_ATTR, WRAPPED, _causal_with_prefix, _extended
+from peftds.model.strategies.prefix import PREFIX_ATTR, WRAPPED, causal_with_prefix, extended_mask
 from tests.model.helpers import FAMILIES, SEQ2SEQ, apply_plan, batch, frozen, outputs, uniform_plan
 
 P = 3
@@ -161,13 +161,13 @@ def test_switch_without_prefix_is_transparent_and_prefix_changes_outputs(family,
 
 def test_mask_extension_and_cache():
     m = torch.tensor([[True, False], [True, True]])[:, None, None, :].expand(2, 1, 3, 2)
-    e = _extended(m, 2)
+    e = extended_mask(m, 2)
     assert e.shape == (2, 1, 3, 4) and e[..., :2].all() and torch.equal(e[..., 2:], m)
-    assert _extended(m, 2) is e  # extended once per source tensor
+    assert extended_mask(m, 2) is e  # extended once per source tensor
     f = torch.zeros(1, 1, 3, 2).masked_fill(torch.tensor([False, True]), -1e9)
-    ef = _extended(f, 1)
+    ef = extended_mask(f, 1)
     assert ef.shape == (1, 1, 3, 3) and (ef[..., 0] == 0).all() and torch.equal(ef[..., 1:], f)
-    c = _causal_with_prefix(3, 3, 2, torch.device("cpu"))
+    c = causal_with_prefix(3, 3, 2, torch.device("cpu"))
     assert c.shape == (1, 1, 3, 5)
     assert c[0, 0].tolist() == [[True, True, True, False, False], [True, True, True, True, False], [True] * 5]
 
