@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from peftds.files import BEST_DESIGN, DESIGN_CONF_DIR, STAGE_FILE, read_json, wr
 from peftds.model.backbones import Backbone, build_model
 from peftds.model.strategies import LETTERS, NAMES
 from peftds.search.sampler import sample_designs
-from peftds.search.settings import SearchSetup, min_ok_count
+from peftds.search.settings import SearchSetup, min_ok_count, race_settings
 from peftds.search.stages import StageSpec, safe_name
 
 DESIGN_DEFAULTS = ["base_hparams", "_self_"]
@@ -205,6 +205,9 @@ class StageDesigns:
             "infeasible": infeasible,
             "notes": notes,
             "planned": {o: len(r) for o, r in samples.items()},
+            # for the record: a race takes prefixes of the samples, and its decisions are recomputed from the
+            # rows on every run (race.json holds the settings of the latest one)
+            "racing": asdict(race_settings(s)) if s.racing else None,
             "samples": samples,
         }
         write_text_atomic(stage_dir / STAGE_FILE, json.dumps(meta, indent=1))

@@ -12,13 +12,16 @@ from peftds.errors import PeftdsError
 from peftds.files import (
     BEST_DESIGN,
     EDF_PLOT,
+    RACE_FILE,
     REPORT_FILE,
     SCORES_PLOT,
     SPACE_NEXT,
     STAGE_FILE,
+    read_json,
     write_text_atomic,
 )
 from peftds.model.strategies import LETTERS_NOTE
+from peftds.search.racing import race_markdown
 from peftds.search.state import read_state
 from peftds.search.stats import finite, stage_summary
 
@@ -47,9 +50,12 @@ def markdown_table(summary: Mapping[str, Any], values: Mapping[str, Any] | None 
         + ["mean", "95% CI", "designs ok", "trials ok/failed", "GPU·h", "wall·h"]
     )
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    out = summary.get("eliminated") or {}  # options that left a race
     for opt in summary["order"]:
         s = summary["options"][opt]
         name = f"**{opt}** ★" if opt == summary.get("winner") else opt
+        if opt in out:
+            name += f" (out, round {out[opt]['round']})"
         cells = [name]
         if values:
             cells.append(_show_value(values.get(opt)))
@@ -176,6 +182,9 @@ def stage_markdown(stage_dir: Path, summary: Mapping[str, Any]) -> str:
     ]
     lines += [markdown_table(summary, summary.get("values")), ""]
     lines += [f"**{verdict(summary)}**", ""]
+    race = read_json(stage_dir / RACE_FILE) if (stage_dir / RACE_FILE).exists() else None
+    if race:
+        lines += [race_markdown(race), ""]
     if summary.get("message") and summary.get("status") == "ok":
         lines += [f"Note: {summary['message']}", ""]
     if dim.startswith("strategies"):

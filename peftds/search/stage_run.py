@@ -3,7 +3,8 @@ recorded in trials.csv, then summarised: the winner, the next space and the stag
 
 A trial is identified by (design digest, task, seed, training regime); finished trials are never re-run,
 and a restarted stage first appends rows for any finished trial whose row is missing, so a kill loses
-nothing and duplicates nothing.
+nothing and duplicates nothing. With search.racing the trials run in rounds of a race (peftds.search.racing)
+and options clearly behind the leader stop getting designs.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peftds.design.space import Space
-from peftds.files import FAILED_RESULT, RESULT_FILE, TRIALS_DIR, TRIALS_FILE
+from peftds.files import FAILED_RESULT, RACE_FILE, RESULT_FILE, TRIALS_DIR, TRIALS_FILE, write_json_atomic
 from peftds.search.designs import Sample
+from peftds.search.racing import race_record, run_race
 from peftds.search.report import markdown_table, verdict, write_stage_report
 from peftds.search.selection import next_space, write_space_next, write_summary
+from peftds.search.settings import race_settings
 from peftds.search.stages import StageSpec, safe_name
-from peftds.search.stats import current_leader, stage_summary
+from peftds.search.stats import current_leader, design_scores, read_table, stage_summary
 from peftds.search.store import TrialTable, trial_row
 from peftds.search.trial import Trial, effective_status, finished_result, job_error, launcher_error, trial_id
 from peftds.train.record import RunRecord
@@ -83,6 +86,12 @@ class StageRun:
             f"[search] {spec.name}: {len(meta['planned'])} feasible option(s), {len(keys)} trials "
             f"({len(self.trials)} distinct), {done_rows} done, {len(pending)} to run"
         )
+        if self.settings.racing:
+            self.race(meta)
+            return self.finish(meta)
+        if (self.dir / RACE_FILE).exists():  # an earlier race of this stage, now extended to every design
+            (self.dir / RACE_FILE).unlink()
+            self.echo(f"[search] {spec.name}: racing is off: every option gets all its designs ({RACE_FILE} removed)")
         t0 = time.time()
         ran = 0
         bs = self.search.batch_size(len(pending))
@@ -93,6 +102,72 @@ class StageRun:
             self.reconcile()
             self.progress(ran, len(pending), t0)
         return self.finish(meta)
+
+    # ------------------------------------------------------------------ racing
+    def race_scores(self, meta: Mapping[str, Any]) -> dict[str, list[float]]:
+        """Each raced option's design scores in sample order, as far as every task of a design has a row
+        (NaN: a design with a task that did not end ok): the prefix of finished designs, which is all a
+        race decides on."""
+        df = read_table(self.dir / TRIALS_FILE)
+        done = {(r.option, int(r.index)): r for r in design_scores(df, self.config.tasks).itertuples()}
+        n_tasks = len(self.config.tasks)
+        out: dict[str, list[float]] = {}
+        for opt in meta["options_order"]:
+            if opt not in meta["samples"]:
+                continue  # infeasible: not in the race
+            xs = []
+            for s in meta["samples"][opt]:
+                r = done.get((opt, int(s["index"])))
+                if r is None or r.tasks_ok + r.tasks_failed < n_tasks:
+                    break  # not finished: the prefix ends here
+                xs.append(float(r.score) if r.complete else math.nan)
+            out[opt] = xs
+        return out
+
+    def race(self, meta: Mapping[str, Any]) -> None:
+        """Run the stage as a race (peftds.search.racing): each round brings every surviving option to the
+        designs the round needs (one launcher batch when the launcher takes it); after each round the
+        decisions are recomputed from the stored rows, so a killed race resumes in the round it was in."""
+        settings = race_settings(self.settings)
+        caps = {o: int(n) for o, n in meta["planned"].items()}
+        position = {(o, int(s["index"])): i for o, lst in meta["samples"].items() for i, s in enumerate(lst)}
+        name, echoed, launched, ran, t0 = self.spec.name, 0, set(), 0, time.time()
+        while True:
+            result = run_race(self.race_scores(meta), caps, settings)
+            record = race_record(result, settings, caps, len(self.config.tasks), self.settings.epochs)
+            write_json_atomic(self.dir / RACE_FILE, record)
+            for d in result.rounds[echoed:]:  # each round's decision once (a resumed race: all so far)
+                self.echo(
+                    f"[{name}] round {d.round_index + 1}: leader {d.leader}, survivors {', '.join(d.survivors)}"
+                    + "".join(f"\n  out: {e.why}" for e in d.eliminated)
+                )
+            echoed = len(result.rounds)
+            if result.finished:
+                self.echo(
+                    f"[{name}] race over after {echoed} round(s): {record['trial_epochs']} of "
+                    f"{record['full_trial_epochs']} trial-epochs ({100 * record['compute_fraction']:.0f}%)"
+                )
+                return
+            need = result.next_designs
+            todo = [
+                t
+                for t in self.trials.values()
+                if t.trial_id not in launched
+                and self.finished(t) is None
+                and any(k[1] in need and position[(k[1], k[2])] < need[k[1]] for k in t.keys)
+            ]
+            if not todo:  # the round's jobs returned without finished records: stop, resume later
+                self.echo(f"[search] {name}: race round {echoed + 1} incomplete; resume the search to continue")
+                return
+            self.echo(f"[{name}] round {echoed + 1}: {len(todo)} trial(s) for {', '.join(need)}")
+            bs = self.search.batch_size(len(todo))
+            for start in range(0, len(todo), bs):  # a round is one launcher batch when it fits
+                batch = todo[start : start + bs]
+                self.launch(batch)
+                launched.update(t.trial_id for t in batch)
+                ran += len(batch)
+                self.reconcile()
+                self.progress(ran, ran + len(todo) - start - len(batch), t0)
 
     # ------------------------------------------------------------------ trials and rows
     def trials_of(self, meta: Mapping[str, Any]) -> dict[str, Trial]:

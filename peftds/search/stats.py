@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peftds.errors import PeftdsError
-from peftds.files import STAGE_FILE, TRIALS_FILE
+from peftds.files import RACE_FILE, STAGE_FILE, TRIALS_FILE, read_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -86,34 +86,65 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def design_scores(df: pd.DataFrame, tasks: Sequence[str] | None = None) -> pd.DataFrame:
-    """One row per (option, index) design: its score = mean over tasks, `complete` when every task of
-    the task set has an ok trial (only complete designs enter an option's mean)."""
+    """One row per (option, index) design, in order of first appearance: its score = mean over tasks
+    (of each task's mean ok score), `complete` when every task of the task set has an ok trial (only
+    complete designs enter an option's mean). One pass of group-bys: linear in the rows."""
+    import numpy as np
     import pandas as pd
 
     cols = ["option", "index", "design_hash", "design", "score", "tasks_ok", "tasks_failed", "complete"]
     if df.empty:
         return pd.DataFrame(columns=cols)
-    ok = df[(df["status"] == "ok") & df["score"].map(finite)]
+    keys = ["option", "index"]
     n_tasks = len(tasks) if tasks else df["task"].nunique()
-    rows = []
-    for (opt, idx), g in df.groupby(["option", "index"], sort=False):
-        gok = ok[(ok["option"] == opt) & (ok["index"] == idx)]
-        tasks_ok = gok["task"].nunique()
-        complete = tasks_ok >= n_tasks
-        score = float(gok.groupby("task")["score"].mean().mean()) if tasks_ok else float("nan")
-        rows.append(
-            {
-                "option": opt,
-                "index": int(idx),
-                "design_hash": str(g["design_hash"].iloc[0]),
-                "design": str(g["design"].iloc[0]) if "design" in g else "",
-                "score": score,
-                "tasks_ok": int(tasks_ok),
-                "tasks_failed": int(len(g) - len(gok)),
-                "complete": complete,
-            }
-        )
-    return pd.DataFrame(rows, columns=cols)
+    first = df.drop_duplicates(keys)  # a design's hash and name come from its first row
+    ok = df[(df["status"] == "ok") & df["score"].map(finite)]
+    # each task's mean first (a task can have two rows), then their mean: Series.mean per design, as
+    # before, so that scores stay bit for bit the same
+    per_task = ok.groupby([*keys, "task"], sort=True)["score"].mean()
+    tasks_ok = per_task.groupby(level=[0, 1], sort=False).size()
+    ends = np.cumsum(tasks_ok.to_numpy())  # per_task is sorted: each design's tasks are contiguous
+    values = per_task.to_numpy(float)
+    score = pd.Series([values[e - n : e].mean() for e, n in zip(ends, tasks_ok)], index=tasks_ok.index, dtype=float)
+    ok_rows = ok.groupby(keys, sort=False).size()
+    all_rows = df.groupby(keys, sort=False).size()
+    idx = pd.MultiIndex.from_frame(first[keys])
+    n_ok = tasks_ok.reindex(idx, fill_value=0).to_numpy(int)
+    out = pd.DataFrame(
+        {
+            "option": first["option"].to_numpy(),
+            "index": first["index"].astype(int).to_numpy(),
+            "design_hash": [str(x) for x in first["design_hash"]],
+            "design": [str(x) for x in first["design"]] if "design" in df else "",
+            "score": score.reindex(idx).to_numpy(float),
+            "tasks_ok": n_ok,
+            "tasks_failed": (all_rows.reindex(idx) - ok_rows.reindex(idx, fill_value=0)).to_numpy(int),
+            "complete": n_ok >= n_tasks,
+        },
+        columns=cols,
+    )
+    return out
+
+
+def race_eliminated(race: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Options that left a race (race.json): option -> {"round": 1-based round, "why": its bound vs the leader's}."""
+    return {
+        e["option"]: {"round": d["round_index"] + 1, "why": e["why"]} for d in race["rounds"] for e in d["eliminated"]
+    }
+
+
+def race_targets(race: Mapping[str, Any]) -> dict[str, int]:
+    """Designs a race gives each option: what it had when it left or the race ended, or what the next
+    round needs (a survivor of an unfinished race)."""
+    return {o: int(race["next_designs"].get(o, n)) for o, n in race["designs"].items()}
+
+
+def scaled_min_ok(min_ok: int, planned: int | None, target: int | None) -> int:
+    """min_ok of an option a race gave `target` of its `planned` designs: the same share of them (a
+    race that ends early with one survivor would otherwise never reach min_ok)."""
+    if target is None or not planned or target >= planned:
+        return min_ok
+    return max(1, math.ceil(min_ok * target / planned))
 
 
 def summarize(
@@ -126,17 +157,23 @@ def summarize(
     seed: int = 0,
     planned: Mapping[str, int] | None = None,
     infeasible: Mapping[str, str] | None = None,
+    race: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Per-option statistics and the winner of a stage.
 
     options: the stage's options in config order (ties go to the first); tasks: the task set;
     min_ok: complete designs an option needs; planned: designs sampled per option (to report pending
-    trials); infeasible: option -> reason for options that could not be sampled.
+    trials); infeasible: option -> reason for options that could not be sampled; race: the stage's
+    race.json (peftds.search.racing.race_record) when it races: options that left the race keep their
+    statistics but are not ranked, only the designs the race gives an option are pending, the stage runs
+    until the race is over, and min_ok scales with the designs the race gave an option.
     """
     import pandas as pd
 
     infeasible = dict(infeasible or {})
     planned = dict(planned or {})
+    eliminated = race_eliminated(race) if race else {}
+    targets = race_targets(race) if race else {}
     per_design = design_scores(df, tasks)
     task_list = list(tasks) if tasks else (sorted(set(df["task"])) if not df.empty else [])
     stats: dict[str, dict[str, Any]] = {}
@@ -158,7 +195,8 @@ def summarize(
         gpu = float(wall[device.str.startswith("cuda").values].sum()) / 3600 if len(wall) else 0.0
         total_h = float(wall.sum()) / 3600 if len(wall) else 0.0
         n_planned = planned.get(opt)
-        expected = n_planned * len(tasks) if (n_planned is not None and tasks) else None
+        n_target = targets.get(opt, n_planned)  # designs this stage runs for the option (a race: fewer)
+        expected = n_target * len(tasks) if (n_target is not None and tasks) else None
         mean = float(sum(scores) / len(scores)) if scores else float("nan")
         lo, hi = bootstrap_ci(scores, n_boot, seed + i)
         best = None
@@ -192,9 +230,11 @@ def summarize(
         }
     feasible = [o for o in options if stats[o]["feasible"]]
     pending = sum(stats[o]["trials_pending"] for o in feasible)
-    short = [o for o in feasible if stats[o]["designs_ok"] < min_ok]
+    racing = [o for o in feasible if o not in eliminated]  # every feasible option when the stage does not race
+    need = {o: scaled_min_ok(min_ok, planned.get(o), targets.get(o)) for o in racing}
+    short = [o for o in racing if stats[o]["designs_ok"] < need[o]]
     ranked = sorted(
-        (o for o in feasible if stats[o]["designs_ok"] > 0), key=lambda o: (-stats[o]["mean"], options.index(o))
+        (o for o in racing if stats[o]["designs_ok"] > 0), key=lambda o: (-stats[o]["mean"], options.index(o))
     )
     out: dict[str, Any] = {
         "options": stats,
@@ -206,12 +246,19 @@ def summarize(
         "overlap": None,
         "leader": ranked[0] if ranked else None,
     }
+    if race:
+        out["eliminated"] = eliminated
+        out["race"] = {
+            k: race[k] for k in ("winner", "finished", "trial_epochs", "full_trial_epochs", "compute_fraction")
+        }
     if not feasible:
         out.update(status="infeasible", message="every option is infeasible")
     elif pending:
         out.update(status="running", message=f"{pending} trial(s) still to run")
+    elif race and not race["finished"]:
+        out.update(status="running", message=f"the race goes on: round {len(race['rounds']) + 1} still to run")
     elif short:
-        detail = ", ".join(f"{o} ({stats[o]['designs_ok']})" for o in short)
+        detail = ", ".join(f"{o} ({stats[o]['designs_ok']}" + (f" < {need[o]}" if race else "") + ")" for o in short)
         out.update(
             status="insufficient", message=f"too few successful designs to pick a winner: {detail} < min_ok={min_ok}"
         )
@@ -241,9 +288,11 @@ def stage_summary(stage_dir: str | Path, n_boot: int | None = None) -> dict[str,
     if not meta_path.exists():
         raise PeftdsError(f"{stage_dir} is not a search stage dir (no {STAGE_FILE})")
     meta = json.loads(meta_path.read_text())
+    race = read_json(stage_dir / RACE_FILE) if (stage_dir / RACE_FILE).exists() else None
     df = read_table(stage_dir / TRIALS_FILE)
-    if meta.get("samples") and not df.empty:  # only the designs this stage sampled (N may have changed)
-        planned = {(o, int(s["index"])) for o, lst in meta["samples"].items() for s in lst}
+    if meta.get("samples") and not df.empty:  # only the designs this stage sampled (N may have changed) ...
+        cap = race_targets(race) if race else {}  # ... and of a race only the prefix it gives each option
+        planned = {(o, int(s["index"])) for o, lst in meta["samples"].items() for s in lst[: cap.get(o, len(lst))]}
         df = df[[(o, int(i)) in planned for o, i in zip(df["option"], df["index"])]]
     summary = summarize(
         df,
@@ -254,6 +303,7 @@ def stage_summary(stage_dir: str | Path, n_boot: int | None = None) -> dict[str,
         seed=int(meta.get("seed", 0)),
         planned=meta.get("planned"),
         infeasible=meta.get("infeasible"),
+        race=race,
     )
     summary["stage"] = meta["name"]
     summary["dimension"] = meta.get("dimension")

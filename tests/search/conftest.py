@@ -12,7 +12,10 @@ from .helpers import fake_score
 
 @pytest.fixture()
 def fake_training(monkeypatch):
-    """Replace peftds.train.job.train_job (what a trial runs) by a stand-in writing the same result.json."""
+    """Replace peftds.train.job.train_job (what a trial runs) by a stand-in writing the same result.json.
+
+    rules (the second value): crash / raise / nan: design -> bool; score: (design, trial) -> its score
+    (default: helpers.fake_score)."""
     import peftds.train.job as training
     from peftds.train.record import RunRecord
 
@@ -31,9 +34,13 @@ def fake_training(monkeypatch):
             return rec.data
         if rules.get("raise") and rules["raise"](design):
             raise RuntimeError("crash outside train_job's own handler")
-        score = float("nan") if (rules.get("nan") and rules["nan"](design)) else fake_score(design)
-        best = {"epoch": 1, "accuracy": score, "score": score}
-        rec.update(status="ok", score=score, best=best, last=best, epochs=[best], wall_time_s=0.01,
+        score = rules["score"](design, run.trial) if rules.get("score") else fake_score(design)
+        score = float("nan") if (rules.get("nan") and rules["nan"](design)) else score
+        # one held-out evaluation per epoch, the last one the best (half a point better each epoch)
+        n = run.train.epochs
+        epochs = [{"epoch": e, "accuracy": score - (n - e) / 2, "score": score - (n - e) / 2} for e in range(1, n + 1)]
+        best = epochs[-1]
+        rec.update(status="ok", score=score, best=best, last=best, epochs=epochs, wall_time_s=0.01,
                    trainable_params=1000, g1=g1)  # fmt: skip
         return rec.data
 

@@ -8,7 +8,16 @@ import math
 import pytest
 
 from peftds.search.report import markdown_table
-from peftds.search.stats import bootstrap_ci, current_leader, design_scores, edf, edf_at, summarize
+from peftds.search.stats import (
+    bootstrap_ci,
+    current_leader,
+    design_scores,
+    edf,
+    edf_at,
+    finite,
+    scaled_min_ok,
+    summarize,
+)
 
 from .helpers import HAND, table
 
@@ -91,3 +100,92 @@ def test_current_leader_counts_designs_with_every_task_ok():
     ]
     assert current_leader(rows, 2) == ("a", 80.0, 1)
     assert current_leader(rows[2:], 2) is None
+
+
+def reference_design_scores(df, tasks):
+    """design_scores as it was before it became linear (every design masks every ok row): the reference."""
+    import pandas as pd
+
+    ok = df[(df["status"] == "ok") & df["score"].map(finite)]
+    n_tasks = len(tasks) if tasks else df["task"].nunique()
+    out = []
+    for (opt, idx), g in df.groupby(["option", "index"], sort=False):
+        gok = ok[(ok["option"] == opt) & (ok["index"] == idx)]
+        tasks_ok = gok["task"].nunique()
+        score = float(gok.groupby("task")["score"].mean().mean()) if tasks_ok else float("nan")
+        out.append({"option": opt, "index": int(idx), "design_hash": str(g["design_hash"].iloc[0]),
+                    "design": str(g["design"].iloc[0]) if "design" in g else "", "score": score,
+                    "tasks_ok": int(tasks_ok), "tasks_failed": int(len(g) - len(gok)),
+                    "complete": tasks_ok >= n_tasks})  # fmt: skip
+    return pd.DataFrame(out, columns=list(out[0]))
+
+
+def random_table(seed: int):
+    """Shuffled rows of 4 options x 12 designs x 8 tasks: failed, running, repeated and missing trials."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for o in range(4):
+        for i in rng.permutation(12):
+            for t in rng.permutation(list("abcdefgh")):
+                if rng.random() < 0.03:
+                    continue  # not run yet
+                for _ in range(2 if rng.random() < 0.05 else 1):
+                    fail = rng.random() < 0.05
+                    out.append((f"o{o}", int(i), t, None if fail else float(rng.normal(70, 5))))
+    df = table(out)
+    df.loc[df.sample(frac=0.02, random_state=seed).index, "status"] = "running"
+    df.loc[df.sample(frac=0.01, random_state=seed + 1).index, "design_hash"] = float("nan")
+    return df
+
+
+def test_design_scores_are_those_of_the_reference_bit_for_bit():
+    import pandas as pd
+
+    cases = [(HAND, ["t1", "t2"]), (HAND, None), (HAND.drop(columns="design"), ["t1", "t2"])]
+    cases += [(random_table(s), list("abcdefgh")) for s in range(4)] + [(random_table(9), None)]
+    for df, tasks in cases:
+        pd.testing.assert_frame_equal(design_scores(df, tasks), reference_design_scores(df, tasks), check_exact=True)
+    assert design_scores(HAND.iloc[:0], None).empty
+
+
+def race_record(finished=True, next_designs=None):
+    """A race.json of HAND plus option c (two designs at 99, out in round 1)."""
+    why = "c: upper bound 50.00 (mean 99.00, 2 designs) < lower bound 70.00 of the leader a"
+    return {"finished": finished, "winner": "a" if finished else None, "designs": {"a": 4, "b": 4, "c": 2},
+            "next_designs": next_designs or {}, "trial_epochs": 20, "full_trial_epochs": 24,
+            "compute_fraction": 20 / 24,
+            "rounds": [{"round_index": 0, "eliminated": [{"option": "c", "why": why}]}]}  # fmt: skip
+
+
+def test_options_out_of_a_race_keep_their_statistics_but_are_not_ranked():
+    import pandas as pd
+
+    df = pd.concat([HAND, table([("c", i, t, 99) for i in (0, 1) for t in ("t1", "t2")])], ignore_index=True)
+    kw = {"min_ok": 3, "n_boot": 10, "planned": {"a": 4, "b": 4, "c": 4}}
+    s = summarize(df, ["a", "b", "c"], ["t1", "t2"], race=race_record(), **kw)
+    c = s["options"]["c"]
+    assert c["mean"] == 99 and c["designs_ok"] == 2 and c["designs_planned"] == 4 and c["trials_pending"] == 0
+    assert s["status"] == "ok" and s["winner"] == "a" and s["runner_up"] == "b" and s["leader"] == "a"  # c: < min_ok
+    assert s["eliminated"] == {"c": {"round": 1, "why": race_record()["rounds"][0]["eliminated"][0]["why"]}}
+    assert s["race"]["winner"] == "a" and s["race"]["compute_fraction"] == pytest.approx(20 / 24)
+    assert "| c (out, round 1) |" in markdown_table(s)
+    # without the race, c would lead (and its missing designs would still be pending)
+    assert summarize(df, ["a", "b", "c"], ["t1", "t2"], **kw)["leader"] == "c"
+    # a race still running: only the designs of its next round are pending
+    running = summarize(df, ["a", "b", "c"], ["t1", "t2"], race=race_record(False, {"a": 6, "b": 5}), **kw)
+    assert [running["options"][o]["trials_pending"] for o in "abc"] == [4, 2, 0]
+    assert running["status"] == "running" and "6 trial(s)" in running["message"] and running["winner"] is None
+    waiting = summarize(df, ["a", "b", "c"], ["t1", "t2"], race=race_record(False, {"a": 4, "b": 4}), **kw)
+    assert waiting["status"] == "running" and "round 2" in waiting["message"]
+
+
+def test_min_ok_scales_with_the_designs_a_race_gave():
+    assert scaled_min_ok(50, 100, 11) == 6 and scaled_min_ok(10, 12, 3) == 3 and scaled_min_ok(4, 8, 8) == 4
+    assert scaled_min_ok(3, 8, None) == 3 and scaled_min_ok(1, 100, 3) == 1
+    df = table([("a", i, "t", 70 + i) for i in range(3)] + [("b", i, "t", 10) for i in range(3)])
+    race = {**race_record(), "designs": {"a": 3, "b": 3}, "rounds": [{"round_index": 0, "eliminated": []}]}
+    race["rounds"][0]["eliminated"] = [{"option": "b", "why": "b: behind"}]
+    s = summarize(df, ["a", "b"], ["t"], min_ok=5, n_boot=10, planned={"a": 10, "b": 10}, race=race)
+    assert s["status"] == "ok" and s["winner"] == "a"  # a sole survivor with 3 of 10 designs: min_ok 5 -> 2
