@@ -1,0 +1,360 @@
+"""`peftds compare`: designs x tasks x seeds in the final regime, as one resumable job, then the table.
+
+    peftds compare compare=cpu                               # conf/compare/cpu.yaml
+    peftds compare compare=glue_t5base compare.dry=true      # list the runs and their estimated cost
+    peftds compare ... hydra/launcher=joblib hydra.launcher.n_jobs=2
+
+Runs are ordinary `peftds train` jobs launched through the configured Hydra launcher (the search's
+machinery: peftds.search.launch.hydra_session); each has its own dir <dir>/runs/<run id> with
+result.json and predictions.jsonl (dev predictions of the best epoch). A run id is the design's label
+and digest, the task, the seed and the regime hash, so a rerun skips finished runs and a kill loses
+none; runs.csv gets one row per finished run (appended atomically under a lock). The tables
+(table.md/.csv/.tex) are rewritten from runs.csv whenever the command ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from peftds.compare.plan import FINAL_REGIME, ComparePlan, PlannedRun, build_plan
+from peftds.compare.render import write_tables
+from peftds.compare.table import build_table
+from peftds.config.compose import compose, conf_dir
+from peftds.config.schema import convert
+from peftds.config.sections import CompareConfig
+from peftds.data.loading import choose_source, data_config
+from peftds.data.tasks import load_task
+from peftds.errors import PeftdsError
+from peftds.files import (
+    CONF_SUBDIR,
+    FAILED_RESULT,
+    PREDICTIONS_FILE,
+    RESULT_FILE,
+    TRIAL_LOG,
+    file_lock,
+    write_json_atomic,
+)
+from peftds.run_config import RunConfig
+from peftds.search.launch import hydra_session, override_key
+from peftds.search.stage_run import duration
+from peftds.search.store import TrialTable
+from peftds.search.trial import (
+    claim_gpu_slot,
+    effective_status,
+    finished_result,
+    job_error,
+    launcher_error,
+    quiet_transformers,
+)
+from peftds.train import job
+from peftds.train.record import RunRecord, read_predictions
+
+RUNS_DIR = "runs"
+RUNS_FILE = "runs.csv"
+COMPARE_LOCK = ".compare.lock"
+RUN_FIELDS = [
+    "run_id", "design", "design_ref", "budget_fraction", "task", "seed", "model", "trainable_params",
+    "trainable_pct", "budget_params", "metrics", "score", "best_epoch", "epochs", "wall_time_s", "device",
+    "status", "error", "run_dir",
+]  # fmt: skip
+REFUSED = ("design", "task", "seed", "hydra.run.dir", "hydra.sweep.dir")
+ESTIMATES = Path(__file__).with_name("estimates.yaml")
+
+
+# ----------------------------------------------------------------------------------- arguments
+def normalise(argv: Sequence[str]) -> list[str]:
+    """`compare=<preset>` -> `+compare=<preset>` (+compare=default when none); refuse the keys compare decides."""
+    out, chosen = [], False
+    for a in argv:
+        k = override_key(a)
+        if k in REFUSED:
+            where = {"design": "compare.designs", "task": "compare.tasks", "seed": "compare.seeds"}.get(
+                k, "compare.dir"
+            )
+            raise PeftdsError(f"peftds compare sets {k} itself; drop `{a}` (use {where}=...)")
+        if k == "compare" and "=" in a:
+            chosen = True
+            out.append("+compare=" + a.split("=", 1)[1])
+        else:
+            out.append(a)
+    return out if chosen else ["+compare=default", *out]
+
+
+def settings_of(cfg: Any) -> CompareConfig:
+    from omegaconf import OmegaConf
+
+    return convert(CompareConfig, OmegaConf.to_container(cfg.compare, resolve=True))
+
+
+def compare_dir(settings: CompareConfig) -> Path:
+    return Path(settings.dir or f"outputs/compare/{settings.name}").expanduser().resolve()
+
+
+def estimate_hours(plan: ComparePlan) -> tuple[float | None, float | None, str]:
+    """(GPU-hours, CPU-hours, GPU) of the planned runs' training, from estimates.yaml (None: unknown)."""
+    est = yaml.safe_load(ESTIMATES.read_text())
+    sizes = est["train_examples"]
+    examples = 0
+    for r in plan.runs:
+        n = sizes.get(r.task)
+        if n is None:
+            return None, None, est["gpu"]
+        examples += min(n, plan.max_train_samples or n) * plan.epochs
+    gpu, cpu = est["gpu_s_per_example"].get(plan.model), est["cpu_s_per_example"].get(plan.model)
+    return (None if gpu is None else gpu * examples / 3600, None if cpu is None else cpu * examples / 3600, est["gpu"])
+
+
+# ----------------------------------------------------------------------------------- one run
+def compare_job(cfg: Any) -> dict[str, Any]:
+    """The Hydra task function of one run: an ordinary peftds train job in the Hydra job dir, quiet."""
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run = RunConfig.from_composed(cfg)
+    settings = settings_of(cfg)
+    if settings.gpu_slots:
+        claim_gpu_slot(settings.gpu_slots, run_dir.parent.parent)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = f"cuda:{torch.cuda.get_device_name()}" if torch.cuda.is_available() else "cpu"
+    with (
+        open(run_dir / TRIAL_LOG, "a") as log,
+        quiet_transformers(),
+        contextlib.redirect_stdout(log),
+        contextlib.redirect_stderr(log),
+    ):
+        rec = job.train_job(run, run_dir)  # looked up at call time (tests stand in for training here)
+    rec["device"] = device
+    write_json_atomic(run_dir / RESULT_FILE, rec)
+    return {k: rec.get(k) for k in ("status", "error", "score", "wall_time_s", "run_dir")}
+
+
+def run_row(r: PlannedRun, plan: ComparePlan, rec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    status = effective_status(rec)
+    best = rec.get("best") or {}
+    metrics = {k: v for k, v in best.items() if k != "epoch"}
+    return {
+        "run_id": r.run_id, "design": r.design.label, "design_ref": r.design.ref,
+        "budget_fraction": plan.fractions[r.design.label], "task": r.task, "seed": r.seed, "model": plan.model,
+        "trainable_params": rec.get("trainable_params", ""),
+        "trainable_pct": f"{rec['trainable_pct']:.4f}" if rec.get("trainable_pct") is not None else "",
+        "budget_params": rec.get("budget_params", ""),
+        "metrics": json.dumps(metrics, sort_keys=True) if status == "ok" else "",
+        "score": f"{rec['score']:.4f}" if status == "ok" else "", "best_epoch": best.get("epoch", ""),
+        "epochs": plan.epochs, "wall_time_s": f"{float(rec.get('wall_time_s') or 0):.1f}",
+        "device": rec.get("device") or "", "status": status,
+        "error": str(rec.get("error") or "").replace("\n", " ")[:500], "run_dir": str(run_dir),
+    }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------- the comparison
+class Comparison:
+    """The runs of a plan in one dir: what is done, launching the rest, the table."""
+
+    def __init__(self, plan: ComparePlan, cdir: Path, echo: Callable[..., Any] = print):
+        self.plan, self.dir, self.echo = plan, cdir, echo
+        self.table = TrialTable(cdir / RUNS_FILE, RUN_FIELDS, ("run_id",))
+        self.job_idx = 0
+
+    def run_dir(self, r: PlannedRun) -> Path:
+        return self.dir / RUNS_DIR / r.run_id
+
+    def finished(self, r: PlannedRun) -> dict[str, Any] | None:
+        return finished_result(self.run_dir(r))
+
+    def reconcile(self) -> int:
+        """A row for every finished run whose row is missing."""
+        have = self.table.keys()
+        rows = [
+            run_row(r, self.plan, rec, self.run_dir(r))
+            for r in self.plan.runs
+            if (r.run_id,) not in have and (rec := self.finished(r)) is not None
+        ]
+        return self.table.append(rows)
+
+    def reset_failed(self) -> None:
+        failed = [r for r in self.plan.runs if effective_status(self.finished(r)) == "failed"]
+        for r in failed:
+            self.run_dir(r).joinpath(RESULT_FILE).replace(self.run_dir(r) / FAILED_RESULT)
+        if failed:
+            self.table.remove({(r.run_id,) for r in failed})
+            self.echo(f"[compare] retry_failed: {len(failed)} failed run(s) will run again")
+
+    def pending(self) -> list[PlannedRun]:
+        return [r for r in self.plan.runs if self.finished(r) is None]
+
+    def describe(self) -> str:
+        p = self.plan
+        n, todo = len(p.runs), len(self.pending())
+        gpu_h, cpu_h, gpu = estimate_hours(p)
+        cost = f"~{gpu_h:.3g} GPU-hours ({gpu})" if gpu_h is not None else "GPU-hours unknown"
+        if cpu_h is not None:
+            cost += f", ~{cpu_h:.3g} CPU-hours (2 cores)"
+        return (
+            f"[compare] {self.dir}: model {p.model}, {len(p.designs)} designs x {len(p.tasks)} tasks x "
+            f"{len(p.seeds)} seeds = {n} runs ({n - todo} done, {todo} to run), {p.epochs} epochs, "
+            f"regime {p.regime_hash}\n[compare] estimated training cost of all {n} runs: {cost} "
+            f"(rough: {ESTIMATES.name})"
+        )
+
+    def listing(self) -> str:
+        lines = [f"  {'design':<22} {'budget':>7} {'task':<12} {'seed':>4}  {'status':<8} run id"]
+        for r in self.plan.runs:
+            rec = self.finished(r)
+            status = effective_status(rec) if rec else "pending"
+            frac = self.plan.fractions[r.design.label]
+            budget = "full" if r.design.label in self.plan.full else f"{100 * frac:.2f}%"
+            lines.append(f"  {r.design.label:<22} {budget:>7} {r.task:<12} {r.seed:>4}  {status:<8} {r.run_id}")
+        return "\n".join(lines)
+
+    def overrides(self, r: PlannedRun, forward: Sequence[str]) -> list[str]:
+        e = r.design
+        select = e.overrides(self.plan.settings.lr)
+        if e.is_file:  # the copy in <dir>/conf/design
+            select = [f"design=file_{Path(e.ref).stem}", *select[1:]]
+        ident = f"{{id: '{r.run_id}', design: '{e.label}', digest: '{r.digest}', regime: '{self.plan.regime_hash}'}}"
+        save = "true" if self.plan.settings.save_params else "false"
+        return [
+            *forward, *select, f"task={r.task}", f"seed={r.seed}", *FINAL_REGIME,
+            "train.progress=false", "train.save_predictions=true", f"train.save_params={save}", f"+trial={ident}",
+            f"hydra.sweep.subdir={RUNS_DIR}/{r.run_id}", "hydra.job.name=compare",
+        ]  # fmt: skip
+
+    def batch_size(self, cfg: Any, pending: int) -> int:
+        if self.plan.settings.batch_size:
+            return self.plan.settings.batch_size
+        launcher = (cfg.get("hydra") or {}).get("launcher") or {}
+        target = str(launcher.get("_target_") or "").lower()
+        if "joblib" in target:
+            n = int(launcher.get("n_jobs") or -1)
+            return max(1, n) if n > 0 else 2
+        return max(1, pending) if "submitit" in target else 1
+
+    def launch(self, launcher: Any, batch: list[PlannedRun], forward: Sequence[str]) -> None:
+        try:
+            rets: list[Any] = launcher.launch([self.overrides(r, forward) for r in batch], self.job_idx)
+            failure = None
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # the launcher itself failed
+            rets, failure = [None] * len(batch), launcher_error(e)
+        self.job_idx += len(batch)
+        for r, ret in zip(batch, rets):
+            if self.finished(r) is not None:
+                continue
+            err = failure if ret is None else job_error(ret)
+            if err is not None:
+                RunRecord(self.run_dir(r), task=r.task, design=r.design.label).update(status="failed", error=err)
+
+    def run(self, cfg: Any, launcher: Any, forward: Sequence[str]) -> None:
+        if self.plan.settings.retry_failed:
+            self.reset_failed()
+        self.reconcile()
+        todo = self.pending()
+        bs = self.batch_size(cfg, len(todo))
+        t0 = time.time()
+        for start in range(0, len(todo), bs):
+            self.launch(launcher, todo[start : start + bs], forward)
+            self.reconcile()
+            done = min(start + bs, len(todo))
+            rows = self.table.read()
+            ok = sum(r["status"] == "ok" for r in rows)
+            el = time.time() - t0
+            self.echo(
+                f"[compare] {len(rows)}/{len(self.plan.runs)} runs ({ok} ok, {len(rows) - ok} failed) | "
+                f"last: {todo[done - 1].design.label} {todo[done - 1].task} s{todo[done - 1].seed} | "
+                f"{duration(el)} elapsed, ETA {duration(el / done * (len(todo) - done))}"
+            )
+
+    def predictions(self) -> Callable[[str, str, int], tuple[list[Any], list[Any]] | None]:
+        by_key = {(r.design.label, r.task, r.seed): self.run_dir(r) for r in self.plan.runs}
+        cache: dict[tuple[str, str, int], Any] = {}
+
+        def load(design: str, task: str, seed: int) -> tuple[list[Any], list[Any]] | None:
+            key = (design, task, seed)
+            if key not in cache:
+                path = by_key[key] / PREDICTIONS_FILE if key in by_key else None
+                rows = read_predictions(path) if path is not None and path.is_file() else None
+                cache[key] = None if rows is None else ([x["prediction"] for x in rows], [x["reference"] for x in rows])
+            return cache[key]
+
+        return load
+
+    def write_table(self) -> str:
+        return write_tables(build_table(self.plan, self.table.read(), self.predictions(), self.plan.settings.published),
+                            self.dir)  # fmt: skip
+
+
+def copy_design_files(plan: ComparePlan, cdir: Path) -> None:
+    """Design files go into <dir>/conf/design/file_<stem>.yaml (the runs select them by name)."""
+    for e in plan.designs:
+        if e.is_file:
+            dest = cdir / CONF_SUBDIR / "design" / f"file_{Path(e.ref).stem}.yaml"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(Path(e.ref).expanduser(), dest)
+
+
+def run_compare(argv: Sequence[str], echo: Callable[..., Any] = print) -> int:
+    args = normalise(argv)
+    plan = build_plan(compose, args)
+    cdir = compare_dir(plan.settings)
+    comp = Comparison(plan, cdir, echo)
+    echo(comp.describe())
+    if plan.settings.dry:
+        echo(comp.listing())
+        return 0
+    dcfg = data_config(plan.data)
+    for t in plan.tasks:
+        choose_source(load_task(t, conf_dir()), dcfg)
+    copy_design_files(plan, cdir)
+    forward = [a for a in args if not override_key(a).startswith(("hydra.", "hydra/"))]
+    user_paths = [a.split("=", 1)[1].strip("[]") for a in args if override_key(a) == "hydra.searchpath"]
+    own = [f"file://{cdir / CONF_SUBDIR}"] if (cdir / CONF_SUBDIR).is_dir() else []  # Hydra warns of a missing one
+    paths = ",".join([*own, *[p for p in user_paths if p]])
+    hydra_args = [
+        *[a for a in args if override_key(a) != "hydra.searchpath"],
+        f"hydra.sweep.dir={cdir}",
+        *([f"hydra.searchpath=[{paths}]"] if paths else []),
+        "hydra.hydra_logging.root.level=WARNING",
+        "hydra.job_logging.root.handlers=[file]",
+    ]
+    lock = file_lock(cdir / COMPARE_LOCK, wait=False, busy=f"another peftds compare is running in {cdir}")
+    try:
+        with lock, hydra_session(hydra_args, compare_job, "compare") as (cfg, launcher):
+            comp.run(cfg, launcher, forward)
+    finally:
+        comp.reconcile()
+        if comp.table.read():
+            echo(comp.write_table())
+            echo(f"[compare] tables: {cdir}/table.md, table.csv, table.tex; runs: {cdir / RUNS_FILE}")
+    failed = sum(r["status"] != "ok" for r in comp.table.read())
+    return 1 if failed else 0
+
+
+def cmd_compare(argv: list[str]) -> int:
+    """The `peftds compare` command: SIGTERM stops it like Ctrl-C (finished runs are kept)."""
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        return run_compare(argv, echo=lambda *a: print(*a, flush=True))
+    except KeyboardInterrupt:
+        print("peftds compare: interrupted (finished runs are kept; rerun the same command to resume)",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, old)
