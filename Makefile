@@ -47,3 +47,5 @@ bench-demo: install ## CPU step timings of a design vs peft LoRA, the frozen flo
 
 # search-demo, search-tiny and the paper reproduction recipes
 include search.mk
+# table-cpu and the paper tables (peftds compare)
+include compare.mk

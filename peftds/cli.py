@@ -61,6 +61,14 @@ COMMANDS: dict[str, Command] = {
         "replay a full-fidelity stage: how often racing, a smaller N or fewer epochs pick its winner, at what compute",
         usage="peftds replay <stage dir> [replays=200] [seed=0] [delta=0.05] [round_size=2]",
     ),
+    "compare": Command(
+        "peftds.compare.runner:cmd_compare",
+        "designs x tasks x seeds in the final regime (train, score on dev), resumable; tables with significance",
+        ("compare", "model", "budget", "data", "train"),
+        ("compare", "data", "train"),
+        "peftds compare compare=<default|cpu|glue_t5base|glue_t5_3b|glue_roberta_base|glue_roberta_large|gen_bart>"
+        " [compare.dry=true] [compare.dir=...]",
+    ),
     "bench": Command(
         "peftds.bench.cli:cmd_bench",
         "median training step of a design vs peft LoRA, the frozen floor, full FT and forward only",

@@ -101,7 +101,7 @@ def with_design_model(overrides: Sequence[str]) -> list[str]:
 
 
 # Groups that config.yaml does not compose for every command: each command that reads one adds it.
-OPTIONAL_GROUPS = {"search": "default", "stage": "grouping", "space": "s0", "bench": "default"}
+OPTIONAL_GROUPS = {"search": "default", "stage": "grouping", "space": "s0", "bench": "default", "compare": "default"}
 
 
 def group_options(group: str) -> list[str]:
