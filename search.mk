@@ -2,6 +2,8 @@
 # BIN, PEFTDS_DATA and offline settings.
 #
 #   make search-demo            one stage (grouping) on the real MiniLM-L6 + local SST-2, CPU, offline
+#   make search-racing-demo     the same stage as a race (search.racing=true): options clearly behind stop early
+#   make stage-truth-cpu        the grouping stage at full fidelity (search=truth), its report and `peftds replay`
 #   make search-tiny            stage=all on a tiny random T5 with tiny data (smoke test of the machinery)
 #   make paper-search-t5base    the paper's search on T5-base (GPU + hub access), see the cost notes
 #   make paper-train-s4-t5base  the S4 design (spindle_t5base) on the 8 GLUE tasks, final regime
@@ -21,7 +23,7 @@ PAPER_TASKS ?= cola sst2 mrpc qqp stsb mnli qnli rte
 PAPER_EPOCHS ?= 10
 PAPER_ARGS ?=
 
-.PHONY: search-demo search-demo-clean search-tiny paper-search-t5base paper-train-s4-t5base paper-baselines-t5base
+.PHONY: search-demo search-demo-clean search-racing-demo stage-truth-cpu search-tiny paper-search-t5base paper-train-s4-t5base paper-baselines-t5base
 
 # search=demo: stage=grouping (5 options) x N=5 designs x SST-2, each trained 1 epoch on 2000
 # training sentences and scored on 200 held-out ones: 25 trials. Measured on 2 CPU cores: a trial takes
@@ -35,6 +37,22 @@ search-demo: install ## one search stage end to end on CPU (MiniLM-L6, local SST
 
 search-demo-clean:
 	rm -rf $(SEARCH_OUT)/demo
+
+# search-demo as a race (README "Racing"): the same designs and trials (ids), in rounds; an option whose
+# interval falls below the leader's stops getting designs (at N=5, with options a few points apart, rarely
+# one: it shows the machinery at the cost of search-demo). Its own dir; race.json + the report's race section.
+search-racing-demo: install
+	$(BIN)/peftds search search=demo search.racing=true stage=grouping search.dir=$(SEARCH_OUT)/demo_racing $(SEARCH_LAUNCHER) $(SEARCH_ARGS)
+	$(BIN)/peftds report $(SEARCH_OUT)/demo_racing
+
+# Ground truth for cheap stage decisions: the grouping stage at full fidelity (conf/search/truth.yaml:
+# 5 options x 12 designs x SST-2, 3 epochs, the held-out score kept after every epoch), two trials at a
+# time on CPU, then `peftds replay`: how often racing, a smaller N or fewer epochs pick the same winner,
+# at what share of the trial-epochs (replay.md / replay.json / replay.png in the stage dir).
+stage-truth-cpu: install
+	$(BIN)/peftds search search=truth stage=grouping search.dir=$(SEARCH_OUT)/truth hydra/launcher=joblib hydra.launcher.n_jobs=2 search.trial_threads=1 $(SEARCH_ARGS)
+	$(BIN)/peftds report $(SEARCH_OUT)/truth
+	$(BIN)/peftds replay $(SEARCH_OUT)/truth/grouping
 
 # Every stage chained on the 24-layer tiny T5 (83 trials of a few seconds each on CPU).
 search-tiny: install

@@ -42,8 +42,6 @@ from peftds.files import (
 from peftds.search.racing import METHODS, RaceSettings, race_batch
 from peftds.search.stats import design_scores, read_table
 
-# to move into peftds.files
-
 EPOCH_SCORES = "epoch_scores"  # trials.csv column: JSON list of the held-out score after each epoch
 TARGET_AGREEMENT = 0.90  # "racing picks the full-N winner in >= 90% of replays ..."
 TARGET_COMPUTE = 0.25  # "... using <= 25% of the full protocol's trial-epochs"
@@ -125,8 +123,9 @@ def load_stage(stage_dir: str | Path) -> StageScores:
     scores: dict[int, list[np.ndarray]] = {}
     for k, dk in per_epoch.items():
         scores[k] = []
-        for o in options:  # one option at a time: design_scores scans every row per design
-            d = design_scores(dk[dk["option"] == o], tasks).sort_values("index", kind="stable")
+        every = design_scores(dk, tasks)
+        for o in options:
+            d = every[every["option"] == o].sort_values("index", kind="stable")
             scores[k].append(np.where(d["complete"].to_numpy(bool), d["score"].to_numpy(float), np.nan))
     n = min(len(x) for x in scores[epochs])
     return StageScores(str(meta.get("name") or stage_dir.name), options, tasks, epochs, n, scores)

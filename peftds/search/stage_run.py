@@ -85,6 +85,7 @@ class StageRun:
         self.echo(
             f"[search] {spec.name}: {len(meta['planned'])} feasible option(s), {len(keys)} trials "
             f"({len(self.trials)} distinct), {done_rows} done, {len(pending)} to run"
+            + (" at most (a race runs the rounds it needs)" if self.settings.racing else "")
         )
         if self.settings.racing:
             self.race(meta)
