@@ -18,3 +18,11 @@ def run_main(capsys, *argv: str) -> tuple[int, str, str]:
 def error_lines(err: str) -> list[str]:
     """The non-empty lines of a command's stderr."""
     return [line for line in err.splitlines() if line.strip()]
+
+
+def built_from(cfg):
+    """(model, design, budget fraction) of a composed config, typed as a command's entry makes them."""
+    from peftds.run_config import RunConfig
+
+    run = RunConfig.from_composed(cfg)
+    return run.model, run.design_config, run.budget.fraction

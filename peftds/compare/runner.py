@@ -14,7 +14,6 @@ none; runs.csv gets one row per finished run (appended atomically under a lock).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import signal
@@ -40,23 +39,13 @@ from peftds.files import (
     FAILED_RESULT,
     PREDICTIONS_FILE,
     RESULT_FILE,
-    TRIAL_LOG,
     file_lock,
-    write_json_atomic,
 )
-from peftds.run_config import RunConfig
 from peftds.search.launch import hydra_session, override_key
 from peftds.search.stage_run import duration
 from peftds.search.store import TrialTable
-from peftds.search.trial import (
-    claim_gpu_slot,
-    effective_status,
-    finished_result,
-    job_error,
-    launcher_error,
-    quiet_transformers,
-)
-from peftds.train import job
+from peftds.search.trial import effective_status, finished_result, job_error, launcher_error
+from peftds.train.launched import run_launched
 from peftds.train.record import RunRecord, read_predictions
 
 RUNS_DIR = "runs"
@@ -117,27 +106,8 @@ def estimate_hours(plan: ComparePlan) -> tuple[float | None, float | None, str]:
 # ----------------------------------------------------------------------------------- one run
 def compare_job(cfg: Any) -> dict[str, Any]:
     """The Hydra task function of one run: an ordinary peftds train job in the Hydra job dir, quiet."""
-    import torch
-    from hydra.core.hydra_config import HydraConfig
-
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    run = RunConfig.from_composed(cfg)
     settings = settings_of(cfg)
-    if settings.gpu_slots:
-        claim_gpu_slot(settings.gpu_slots, run_dir.parent.parent)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    device = f"cuda:{torch.cuda.get_device_name()}" if torch.cuda.is_available() else "cpu"
-    with (
-        open(run_dir / TRIAL_LOG, "a") as log,
-        quiet_transformers(),
-        contextlib.redirect_stdout(log),
-        contextlib.redirect_stderr(log),
-    ):
-        rec = job.train_job(run, run_dir)  # looked up at call time (tests stand in for training here)
-    rec["device"] = device
-    write_json_atomic(run_dir / RESULT_FILE, rec)
+    rec = run_launched(cfg, gpu_slots=settings.gpu_slots, threads=settings.threads)
     return {k: rec.get(k) for k in ("status", "error", "score", "wall_time_s", "run_dir")}
 
 

@@ -199,7 +199,7 @@ class CompareConfig(Section):
     tasks: list[str] | None = setting(None, "table columns: explicit task list (overrides task_set)")
     task_set: str = setting("glue", "conf/task_set/<name>.yaml: the tasks when compare.tasks is null")
     seeds: list[int] = setting([1, 2, 3], "training seeds of every (design, task); the table pairs runs by seed")
-    lr: dict[str, float] = setting({}, "learning rate of some designs (design -> lr, e.g. {full: 1e-4}); others train.lr")
+    lr: dict[str, float] = setting({}, "learning rate of some designs (design -> lr, e.g. {full: 1e-4}), else train.lr")
     columns: str = setting("score", "one column per task score, or per task metric", choices=("score", "metrics"))
     average: bool = setting(True, "an average column (over the tasks some design learns)")
     digits: int = setting(1, "decimals of the table's numbers", ge=0, le=4)

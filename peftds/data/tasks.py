@@ -30,6 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from peftds.config.compose import conf_dir as config_root
 from peftds.config.compose import reject_unknown_keys
 from peftds.config.schema import Section, convert, setting
 from peftds.data.metrics import METRICS
@@ -45,11 +48,6 @@ class GenerationConfig(Section):
     num_beams: int = setting(1, "beams of generation (XSum, WMT)", ge=1)
     max_source_len: int = setting(128, "input token limit", ge=1)
     max_target_len: int = setting(8, "target token limit", ge=1)
-
-
-def default_conf_dir() -> Path:
-    """The repository's ``conf/`` folder."""
-    return Path(__file__).resolve().parents[2] / "conf"
 
 
 @dataclass
@@ -74,16 +72,9 @@ class Task:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, cfg: Any) -> Task:
-        """Build from a task config (DictConfig or dict); checks the fields and names the culprit."""
+        """Build from a plain task config; checks the fields and names the culprit."""
         if cfg is None:
             raise PeftdsError("task config is empty")
-        try:
-            from omegaconf import DictConfig, OmegaConf
-
-            if isinstance(cfg, DictConfig):
-                cfg = OmegaConf.to_container(cfg, resolve=True)
-        except ImportError:  # pragma: no cover - omegaconf is a dependency
-            pass
         cfg = dict(cfg)
         name = cfg.get("name") or "<unnamed>"
         known = {f for f in cls.__dataclass_fields__}
@@ -222,19 +213,18 @@ class Task:
 
 # ---------------------------------------------------------------------- loading configs
 def _read_yaml(path: Path) -> Any:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.load(path)
+    with open(path) as fh:
+        return yaml.safe_load(fh)
 
 
 def known_tasks(conf_dir: str | Path | None = None) -> list[str]:
-    d = Path(conf_dir or default_conf_dir()) / "task"
+    d = Path(conf_dir or config_root()) / "task"
     return sorted(p.stem for p in d.glob("*.yaml"))
 
 
 def load_task(name: str, conf_dir: str | Path | None = None) -> Task:
     """Read ``<conf_dir>/task/<name>.yaml`` (conf_dir defaults to the repository's ``conf/``)."""
-    conf_dir = Path(conf_dir or default_conf_dir())
+    conf_dir = Path(conf_dir or config_root())
     path = conf_dir / "task" / f"{name}.yaml"
     if not path.is_file():
         known = known_tasks(conf_dir)
@@ -248,7 +238,7 @@ def load_task(name: str, conf_dir: str | Path | None = None) -> Task:
 
 def task_set(name: str, conf_dir: str | Path | None = None) -> list[str]:
     """Task names of ``<conf_dir>/task_set/<name>.yaml`` (``tasks: [...]``); every name is checked."""
-    conf_dir = Path(conf_dir or default_conf_dir())
+    conf_dir = Path(conf_dir or config_root())
     path = conf_dir / "task_set" / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in (conf_dir / "task_set").glob("*.yaml"))

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from peftds.config.compose import plain, reject_unknown_keys
+from peftds.config.compose import reject_unknown_keys
 from peftds.design.budget import ALLOCATIONS, MIN_BUDGET_USE, layer_budgets, layer_cost, size_layers
 from peftds.design.grouping import PATTERNS, sample_grouping, satisfies
 from peftds.errors import InfeasibleDesign, PeftdsError
@@ -40,7 +40,7 @@ class Design:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> Design:
-        cfg = dict(plain(cfg) or {})
+        cfg = dict(cfg or {})
         name = str(cfg.get("name", "custom"))
         reject_unknown_keys(cfg, DESIGN_KEYS, f"design '{name}'")
         hparams = {k: dict(v or {}) for k, v in (cfg.get("hparams") or {}).items()}

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from peftds.config.compose import plain, reject_unknown_keys
+from peftds.config.compose import reject_unknown_keys
 from peftds.design.budget import ALLOCATIONS
 from peftds.design.grouping import PATTERNS, all_groupings, feasible_groupings, nonempty_subsets
 from peftds.errors import InfeasibleDesign, PeftdsError
@@ -42,7 +42,7 @@ class Space:
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None, where: str = "space") -> Space:
         """Validate a space config; every problem names the offending key or value."""
-        cfg = dict(plain(cfg) or {})
+        cfg = dict(cfg or {})
         name = str(cfg.get("name") or "s0")
         where = f"{where} '{name}'"
         reject_unknown_keys(cfg, SPACE_KEYS, where)
@@ -75,7 +75,6 @@ class Space:
 
     def _norm(self, dim: str, value: Any, where: str, group: int | None = None):
         """A constraint value in canonical form (raises on a malformed one)."""
-        value = plain(value)
         k = self.groups
         if dim == "grouping":
             if isinstance(value, str):

@@ -9,20 +9,16 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import os
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from peftds.config.schema import convert
 from peftds.config.sections import SearchConfig
-from peftds.errors import PeftdsError
-from peftds.files import GPU_SLOT_LOCK, RESULT_FILE, TRIAL_LOG, read_json, try_lock_forever, write_json_atomic
-from peftds.run_config import RunConfig
+from peftds.files import RESULT_FILE, read_json
 from peftds.search.designs import Sample
-from peftds.train import job
+from peftds.train.launched import run_launched
 
 FINISHED = ("ok", "failed", "diverged")
 RETURNED_KEYS = ("status", "error", "score", "best", "wall_time_s", "trainable_params", "device", "run_dir")
@@ -73,70 +69,9 @@ def effective_status(rec: Mapping[str, Any] | None) -> str | None:
 def trial_job(cfg: Any) -> dict[str, Any]:
     """The Hydra task function of a search trial: an ordinary peftds train job in the Hydra job dir, quiet
     (its output goes to trial.out), plus the device it ran on."""
-    import torch
-    from hydra.core.hydra_config import HydraConfig
-
-    run_dir = Path(HydraConfig.get().runtime.output_dir)  # <search dir>/trials/<trial id>
-    run = RunConfig.from_composed(cfg)  # this job's entry: below here, typed objects only
     settings = convert(SearchConfig, cfg.get("search"))
-    if settings.gpu_slots:
-        claim_gpu_slot(settings.gpu_slots, run_dir.parent.parent)
-    if settings.trial_threads:
-        torch.set_num_threads(settings.trial_threads)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    device = f"cuda:{torch.cuda.get_device_name()}" if torch.cuda.is_available() else "cpu"
-    with (
-        open(run_dir / TRIAL_LOG, "a") as log,
-        quiet_transformers(),
-        contextlib.redirect_stdout(log),
-        contextlib.redirect_stderr(log),
-    ):
-        rec = job.train_job(run, run_dir)  # looked up at call time (tests stand in for training here)
-    rec["device"] = device
-    write_json_atomic(run_dir / RESULT_FILE, rec)
+    rec = run_launched(cfg, gpu_slots=settings.gpu_slots, threads=settings.trial_threads)
     return {k: rec.get(k) for k in RETURNED_KEYS}
-
-
-# the slot this worker process holds (and the open lock file that holds it) for the life of the process
-GPU_SLOT: dict[str, Any] = {}
-
-
-def claim_gpu_slot(slots: int, lock_dir: Path, timeout_s: float = 600.0) -> int:
-    """One GPU per worker process (hydra/launcher=joblib with n_jobs = search.gpu_slots): the first
-    trial a process runs takes a free slot (an flock on <search dir>/.gpu_slot<i>.lock, held for the
-    life of the process) and restricts CUDA to that device before CUDA is initialised."""
-    if "slot" in GPU_SLOT:
-        return GPU_SLOT["slot"]
-    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    devices = visible or [str(i) for i in range(slots)]
-    deadline = time.time() + timeout_s
-    while True:
-        for i in range(min(slots, len(devices))):
-            fh = try_lock_forever(Path(lock_dir) / GPU_SLOT_LOCK.format(i))
-            if fh is None:
-                continue
-            GPU_SLOT.update(slot=i, fh=fh)
-            os.environ["CUDA_VISIBLE_DEVICES"] = devices[i]
-            return i
-        if time.time() > deadline:
-            raise PeftdsError(f"no free GPU slot among {slots} after {timeout_s:.0f}s (more workers than slots?)")
-        time.sleep(1.0)
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """transformers logs errors only while a trial runs (its warnings would flood trial.out)."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    old = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(old)
 
 
 def job_error(ret: Any) -> str | None:

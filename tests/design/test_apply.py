@@ -5,12 +5,13 @@ import torch
 
 from peftds.config.compose import compose
 from peftds.design.apply import build, load_trained, save_trained
+from tests.helpers import built_from
 
 
 @pytest.mark.parametrize("model,design,labels", [("tiny_t5", "spindle_t5base", None), ("tiny_bert", "spindle", 3)])
 def test_save_load_round_trip_is_exact(tmp_path, model, design, labels):
     cfg = compose([f"model={model}", f"design={design}"])
-    built = build(cfg.model, cfg.design, float(cfg.budget.fraction), num_labels=labels, seed=1)
+    built = build(*built_from(cfg), num_labels=labels, seed=1)
     model_ = built.model
     opt = torch.optim.Adam([p for p in model_.parameters() if p.requires_grad], lr=1e-2)
     ids = torch.randint(5, 1000, (2, 9))
@@ -37,7 +38,7 @@ def test_save_load_round_trip_is_exact(tmp_path, model, design, labels):
 
 def test_only_strategy_params_and_head_train():
     cfg = compose(["model=tiny_roberta", "design=spindle"])
-    built = build(cfg.model, cfg.design, float(cfg.budget.fraction), num_labels=2)
+    built = build(*built_from(cfg), num_labels=2)
     for name, p in built.model.named_parameters():
         original = not any(k in name for k in ("lora", "adapter", "prefix")) and not name.endswith("bias")
         if original and not built.backbone.is_head(name):
@@ -47,6 +48,6 @@ def test_only_strategy_params_and_head_train():
 
 def test_full_fine_tuning_trains_everything():
     cfg = compose(["model=tiny_bert", "design=full"])
-    built = build(cfg.model, cfg.design, float(cfg.budget.fraction), num_labels=2)
+    built = build(*built_from(cfg), num_labels=2)
     assert built.trainable_params == built.plan.backbone_params
     assert all(p.requires_grad for p in built.model.parameters())

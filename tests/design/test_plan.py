@@ -12,6 +12,7 @@ from peftds.errors import InfeasibleDesign, PeftdsError
 from peftds.model.backbones import Backbone, build_model, count_trainable
 from peftds.model.strategies import NAMES, get_strategy
 from tests.helpers import TINY_MODELS as FAMILIES
+from tests.helpers import built_from
 
 
 def random_design(rng: random.Random) -> dict:
@@ -69,7 +70,7 @@ def test_real_model_count_matches_plan(tiny_model_cfgs):
     from peftds.config.compose import compose
 
     cfg = compose(["model=tiny_t5", "design=spindle_t5base"])
-    built = build(cfg.model, cfg.design, float(cfg.budget.fraction))
+    built = build(*built_from(cfg))
     assert built.plan.groups == [4, 8, 8, 4]
     assert built.trainable_params == built.plan.trainable_params
     trainable = {n for n, p in built.model.named_parameters() if p.requires_grad}
@@ -108,7 +109,7 @@ def test_plan_round_trip_and_digest(tiny_model_cfgs):
     cfg = tiny_model_cfgs["tiny_t5"]
     from peftds.config.compose import compose
 
-    d = compose(["model=tiny_t5", "design=spindle"]).design
+    _, d, _ = built_from(compose(["model=tiny_t5", "design=spindle"]))
     a = build(cfg.model, d, 0.02, seed=3, device="meta").plan
     b = build(cfg.model, d, 0.02, seed=3, device="meta").plan
     assert a.digest() == b.digest() and a.compact() == b.compact()

@@ -12,6 +12,7 @@ import yaml
 
 from peftds.errors import PeftdsError
 from peftds.search.launch import run_search
+from tests.helpers import built_from
 
 from .helpers import S4, quiet, rows
 
@@ -68,7 +69,7 @@ def test_stage_all_chains_every_stage_to_a_final_design(tmp_path, fake_training,
     assert sum(sizes) == 12 and satisfies(sizes, "spindle") and [list(s) for s in cfg.design.strategies] == S4
     from peftds.design.apply import build
 
-    built = build(cfg.model, cfg.design, float(cfg.budget.fraction), num_labels=2, device="meta")
+    built = build(*built_from(cfg), num_labels=2, device="meta")
     assert tuple(built.plan.groups) == sizes and built.plan.trainable_params <= built.plan.budget_params
     # trials ran as Hydra jobs in their own dirs, with the trial metadata in their config
     assert all(Path(c["run_dir"]).parent == sdir / "trials" for c in calls)

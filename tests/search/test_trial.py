@@ -3,12 +3,8 @@ through the public JobReturn API, a crashing trial recorded with its error text,
 
 from __future__ import annotations
 
-import os
-
 from hydra.core.utils import JobReturn, JobStatus
 
-import peftds.search.trial as trial
-from peftds.files import try_lock_forever
 from peftds.search.launch import run_search
 from peftds.search.trial import effective_status, job_error, launcher_error, trial_id
 
@@ -48,16 +44,3 @@ def test_a_crashing_trial_is_recorded_as_failed_with_its_error(tmp_path, fake_tr
     assert table["uniform"]["status"] == "failed"
     assert table["uniform"]["error"] == "RuntimeError: crash outside train_job's own handler"
     assert table["increasing"]["status"] == "ok" and len(calls) == 3
-
-
-def test_each_worker_claims_one_free_gpu_slot(tmp_path, monkeypatch):
-    monkeypatch.setattr(trial, "GPU_SLOT", {})
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    held = try_lock_forever(tmp_path / trial.GPU_SLOT_LOCK.format(0))  # another worker holds slot 0
-    try:
-        assert trial.claim_gpu_slot(2, tmp_path, timeout_s=5) == 1
-        assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
-        assert trial.claim_gpu_slot(2, tmp_path) == 1  # a process keeps its slot
-    finally:
-        held.close()
-        trial.GPU_SLOT["fh"].close()

@@ -1,4 +1,5 @@
 """The four PEFT strategies (SPEC §4), one module each, behind one registry."""
+
 from __future__ import annotations
 
 from peftds.errors import PeftdsError

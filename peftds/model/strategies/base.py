@@ -5,6 +5,7 @@ rank r; BitFit has no size). ``cost`` is the exact number of trainable parameter
 unfreezes on that layer: the budget code (peftds.design.budget) sizes designs with ``cost`` before anything
 is built, and peftds.design.apply checks the built model's ``requires_grad`` count against it.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

@@ -6,6 +6,7 @@ which ``F.linear`` picks up), so outputs are unchanged before training. Norms wi
 innermost Linear. BitFit has no size: cost = sum of out_features over the layer's Linears + sum of
 the norm bias sizes.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping

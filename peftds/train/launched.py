@@ -1,0 +1,81 @@
+"""A training job run by a Hydra launcher (a search trial, a compare run): one GPU per worker process,
+quiet output in the job dir, the record written where the launcher's caller reads it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from peftds.errors import PeftdsError
+from peftds.files import GPU_SLOT_LOCK, RESULT_FILE, TRIAL_LOG, try_lock_forever, write_json_atomic
+from peftds.run_config import RunConfig
+from peftds.train import job
+
+# the slot this worker process holds (and the open lock file that holds it) for the life of the process
+GPU_SLOT: dict[str, Any] = {}
+
+
+def claim_gpu_slot(slots: int, lock_dir: Path, timeout_s: float = 600.0) -> int:
+    """One GPU per worker process (hydra/launcher=joblib with n_jobs = slots): the first job a process runs
+    takes a free slot (an flock on <lock_dir>/.gpu_slot<i>.lock, held for the life of the process) and
+    restricts CUDA to that device before CUDA is initialised."""
+    if "slot" in GPU_SLOT:
+        return GPU_SLOT["slot"]
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    devices = visible or [str(i) for i in range(slots)]
+    deadline = time.time() + timeout_s
+    while True:
+        for i in range(min(slots, len(devices))):
+            fh = try_lock_forever(Path(lock_dir) / GPU_SLOT_LOCK.format(i))
+            if fh is None:
+                continue
+            GPU_SLOT.update(slot=i, fh=fh)
+            os.environ["CUDA_VISIBLE_DEVICES"] = devices[i]
+            return i
+        if time.time() > deadline:
+            raise PeftdsError(f"no free GPU slot among {slots} after {timeout_s:.0f}s (more workers than slots?)")
+        time.sleep(1.0)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers logs errors only while a launched job runs (its warnings would flood the job's log)."""
+    from transformers.utils import logging as hf_logging
+
+    old = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(old)
+
+
+def run_launched(cfg: Any, *, gpu_slots: int | None, threads: int | None) -> dict[str, Any]:
+    """Train the job this Hydra job composed (`cfg`, its entry: converted to a RunConfig here) in the Hydra
+    job dir, its output in trial.out; returns the record (also in result.json) with the device it ran on.
+    GPU slot locks live two levels up (<dir>/<runs or trials>/<id>)."""
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run = RunConfig.from_composed(cfg)
+    if gpu_slots:
+        claim_gpu_slot(gpu_slots, run_dir.parent.parent)
+    if threads:
+        torch.set_num_threads(threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = f"cuda:{torch.cuda.get_device_name()}" if torch.cuda.is_available() else "cpu"
+    with (
+        open(run_dir / TRIAL_LOG, "a") as log,
+        quiet_transformers(),
+        contextlib.redirect_stdout(log),
+        contextlib.redirect_stderr(log),
+    ):
+        rec = job.train_job(run, run_dir)  # looked up at call time (tests stand in for training here)
+    rec["device"] = device
+    write_json_atomic(run_dir / RESULT_FILE, rec)
+    return rec
