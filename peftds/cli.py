@@ -22,6 +22,7 @@ class Command:
     groups: tuple[str, ...] = ()  # config groups it composes (what --help lists)
     sections: tuple[str, ...] = ()  # typed sections whose keys --help describes
     usage: str = ""
+    output: str | None = "hydra.run.dir"  # the key that says where it writes (None: it writes no run dir)
 
     def function(self) -> Callable[[list[str]], int]:
         module, name = self.target.split(":")
@@ -36,6 +37,7 @@ COMMANDS: dict[str, Command] = {
         ("model", "budget", "design"),
         ("model", "budget"),
         "peftds inspect model=t5_base design=spindle_t5base [format=table|json]",
+        output=None,
     ),
     "train": Command(
         "peftds.train.job:cmd_train",
@@ -50,16 +52,19 @@ COMMANDS: dict[str, Command] = {
         ("search", "stage", "space", "model", "budget", "data", "train"),
         ("search", "data", "train"),
         "peftds search stage=<grouping|allocation|tunable|strategy|all> search=<default|demo|tiny> [search.dir=...]",
+        output="search.dir",
     ),
     "report": Command(
         "peftds.search.report:cmd_report",
         "Markdown tables + PNG plots of a search dir (per stage and overall)",
         usage="peftds report <search dir>",
+        output=None,
     ),
     "replay": Command(
         "peftds.search.replay:cmd_replay",
         "replay a full-fidelity stage: how often racing, a smaller N or fewer epochs pick its winner, at what compute",
         usage="peftds replay <stage dir> [replays=200] [seed=0] [delta=0.05] [round_size=2]",
+        output=None,
     ),
     "compare": Command(
         "peftds.compare.runner:cmd_compare",
@@ -68,6 +73,7 @@ COMMANDS: dict[str, Command] = {
         ("compare", "data", "train"),
         "peftds compare compare=<default|cpu|glue_t5base|glue_t5_3b|glue_roberta_base|glue_roberta_large|gen_bart>"
         " [compare.dry=true] [compare.dir=...]",
+        output="compare.dir",
     ),
     "bench": Command(
         "peftds.bench.cli:cmd_bench",
@@ -125,6 +131,18 @@ def command_help(name: str) -> str:
     return "\n".join(lines)
 
 
+def check_output_dir(name: str, argv: Sequence[str]) -> None:
+    """`hydra.run.dir` / `hydra.sweep.dir` only where the command writes there; elsewhere one line naming
+    the key the command uses instead (or saying it writes no run dir)."""
+    cmd = COMMANDS[name]
+    for arg in argv:
+        key = arg.lstrip("+~").split("=", 1)[0]
+        if key not in ("hydra.run.dir", "hydra.sweep.dir") or key == cmd.output:
+            continue
+        where = f"set its dir with {cmd.output}=<dir>" if cmd.output else "it writes no run dir"
+        raise PeftdsError(f"peftds {name} does not take {key}: {where}")
+
+
 def print_config(name: str, argv: Sequence[str]) -> int:
     from omegaconf import OmegaConf
 
@@ -145,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         if any(a in HELP_FLAGS for a in rest):
             print(command_help(name))
             return 0
+        check_output_dir(name, rest)
         if "--cfg" in rest:
             if not COMMANDS[name].groups:
                 raise PeftdsError(f"`peftds {name}` composes no config (nothing to print with --cfg)")

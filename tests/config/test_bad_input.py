@@ -137,6 +137,10 @@ CASES = [
     (["train", "model=tiny_bert", "task=xsum"], "xsum"),
     (["replay", "/no/such/stage"], "/no/such/stage"),
     (["replay"], "usage: peftds replay"),
+    (["inspect", "hydra.run.dir={tmp}/x"], "hydra.run.dir"),
+    (["compare", "hydra.run.dir={tmp}/x"], "compare.dir"),
+    (["compare", "hydra.sweep.dir={tmp}/x"], "compare.dir"),
+    (["compare", "compare.seeds=[]"], "compare.seeds"),
 ]
 
 # Real bad input the code does not (yet) turn into exit 2 + one line before any model loads:
