@@ -8,11 +8,14 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from peftds.errors import PeftdsError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 CONF_DIR = Path(os.environ.get("PEFTDS_CONF") or Path(__file__).resolve().parents[2] / "conf")
 # Groups whose value may also be a YAML file path (e.g. the design a search wrote).
@@ -123,12 +126,12 @@ def with_groups(overrides: Sequence[str], groups: Sequence[str]) -> list[str]:
     return extra + out
 
 
-def compose_for(groups: Sequence[str], overrides: Sequence[str]):
+def compose_for(groups: Sequence[str], overrides: Sequence[str]) -> DictConfig:
     """The config a command with these groups composes (its optional groups added, a design's model)."""
     return compose(with_groups(with_design_model(overrides), groups))
 
 
-def compose(overrides: Sequence[str] = (), config_name: str = "config"):
+def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
     """Compose the config tree without starting a Hydra run (no run dir, no logging set-up)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir

@@ -189,7 +189,7 @@ def _flatten(task: Any, ds: Any) -> Any:
     first = ds[0][col] if len(ds) else {}
     keys = list(first.keys())
 
-    def fn(batch):
+    def fn(batch: Mapping[str, list[Any]]) -> dict[str, list[Any]]:
         return {k: [d[k] for d in batch[col]] for k in keys}
 
     return ds.map(fn, batched=True, remove_columns=[col], desc=f"flatten {col}")
@@ -200,7 +200,7 @@ def _normalize(task: Any, ds: Any) -> Any:
     if not cols:
         return ds
 
-    def fn(batch):
+    def fn(batch: Mapping[str, list[Any]]) -> dict[str, list[Any]]:
         return {c: [s.translate(_CEDILLA_TO_COMMA) for s in batch[c]] for c in cols}
 
     return ds.map(fn, batched=True, desc="normalise diacritics")
@@ -376,7 +376,7 @@ def encode(
             raise PeftdsError(f"task '{task.name}': encoder models take at most 2 input columns")
         is_reg = task.kind == "regression"
 
-        def fn(batch):
+        def fn(batch: Mapping[str, list[Any]]) -> dict[str, list[Any]]:
             texts = [batch[c] for c in task.input_columns]
             enc = tokenizer(*texts, truncation=True, max_length=max_source_len)
             labels = batch[task.label_column]
@@ -393,7 +393,7 @@ def encode(
     elif kind == "seq2seq":
         prefix = _target_prefix(tokenizer)
 
-        def fn(batch):
+        def fn(batch: Mapping[str, list[Any]]) -> dict[str, list[Any]]:
             n = len(batch[cols[0]])
             rows = [{c: batch[c][i] for c in cols} for i in range(n)]
             enc = tokenizer([task.source_text(r) for r in rows], truncation=True, max_length=max_source_len)

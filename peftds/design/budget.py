@@ -106,7 +106,9 @@ def size_layers(
     return sizes
 
 
-def _spend_leftovers(shapes, sizes, hparams, pool: int) -> None:
+def _spend_leftovers(
+    shapes: Sequence[LayerShape], sizes: list[dict[str, int]], hparams: Mapping[str, Mapping], pool: int
+) -> None:
     """Grow sizes one step at a time: fewest extra steps per layer first, then the cheapest step."""
     extra = [0] * len(shapes)
     order = {n: i for i, n in enumerate(NAMES)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -32,7 +32,7 @@ def satisfies(sizes: tuple[int, ...], pattern: str) -> bool:
     raise PeftdsError(f"unknown grouping pattern '{pattern}' (known: {', '.join(PATTERNS)})")
 
 
-def _compositions(total: int, parts: int):
+def _compositions(total: int, parts: int) -> Iterator[tuple[int, ...]]:
     """All tuples of `parts` positive integers summing to `total` (stars and bars)."""
     for cuts in itertools.combinations(range(1, total), parts - 1):
         bounds = (0, *cuts, total)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -73,7 +73,7 @@ class Space:
                 space = space.constrain(dim, cfg[dim], where=where)
         return space
 
-    def _norm(self, dim: str, value: Any, where: str, group: int | None = None):
+    def _norm(self, dim: str, value: Any, where: str, group: int | None = None) -> Any:
         """A constraint value in canonical form (raises on a malformed one)."""
         k = self.groups
         if dim == "grouping":
@@ -110,7 +110,7 @@ class Space:
         if dim == "strategies":
             names = NAMES
 
-            def subset(v, g):
+            def subset(v: str | Sequence[str] | None, g: int) -> tuple[str, ...]:
                 v = [v] if isinstance(v, str) else list(v or [])
                 if not v:
                     raise PeftdsError(f"{where}: strategies of group {g} is empty (use null for 'any subset')")

@@ -9,7 +9,7 @@ else in peftds (strategies, budget, inspect, training) works on these descriptio
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -17,6 +17,9 @@ from torch import nn
 from peftds.config.schema import convert
 from peftds.config.sections import ModelConfig
 from peftds.errors import PeftdsError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 ENCODER, DECODER = "encoder", "decoder"
 
@@ -219,7 +222,7 @@ def resolve_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def hf_config(model_cfg: Any, allow_fallback: bool):
+def hf_config(model_cfg: Any, allow_fallback: bool) -> tuple[PretrainedConfig, bool]:
     """The transformers config for a model config: from the pretrained folder/hub id when
     ``model.pretrained`` (the default when a name is given), else from ``model.arch`` + ``model.shape``.
     With ``allow_fallback`` (shape-only builds) an unreachable pretrained config falls back to the shape."""

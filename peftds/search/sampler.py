@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from peftds.design.space import Space
 from peftds.errors import InfeasibleDesign
+
+if TYPE_CHECKING:
+    from peftds.design.plan import Plan
 
 
 def draw_seed(*parts: Any) -> int:
@@ -34,7 +38,15 @@ class DrawStats:
 
 
 def sample_designs(
-    space: Space, num_layers: int, n: int, resolve, *, seed: int, stage: str, option: str, max_draws: int = 200
+    space: Space,
+    num_layers: int,
+    n: int,
+    resolve: Callable[[dict[str, Any]], Plan],
+    *,
+    seed: int,
+    stage: str,
+    option: str,
+    max_draws: int = 200,
 ) -> DrawStats:
     """N distinct feasible designs from `space`, each reproducible from (seed, stage, option, index).
 

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from peftds.data.batching import Collator
 from peftds.data.loading import label_word_ids
-from peftds.data.tasks import rank_labels
+from peftds.data.tasks import Task, rank_labels
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @torch.no_grad()
-def predict(model, task, encoded, tokenizer, seq2seq: bool, batch_size: int) -> list[Any]:
+def predict(
+    model: nn.Module, task: Task, encoded: Any, tokenizer: PreTrainedTokenizerBase, seq2seq: bool, batch_size: int
+) -> list[Any]:
     """Predictions on an encoded split: head outputs (encoder), label-word ranking (text-to-text
     classification/regression) or generation (XSum, WMT)."""
     model.eval()

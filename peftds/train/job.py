@@ -139,7 +139,7 @@ def _train(run: RunConfig, run_dir: Path, rec: RunRecord, start: float) -> None:
 
     epochs: list[dict[str, Any]] = []
 
-    def eval_fn(m) -> dict[str, float]:
+    def eval_fn(m: torch.nn.Module) -> dict[str, float]:
         metrics, scored = {}, []
         for name, (ds, ys) in evals.items():
             preds = predict(m, task, ds, tokenizer, seq2seq, int(tc.eval_batch_size))

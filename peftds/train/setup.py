@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from peftds.data.loading import prepare_tokenizer
 from peftds.errors import PeftdsError
 from peftds.model.backbones import resolve_path
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def quiet_libraries(load_bars: bool = True) -> None:
@@ -25,7 +28,7 @@ def quiet_libraries(load_bars: bool = True) -> None:
         transformers.utils.logging.disable_progress_bar()
 
 
-def load_tokenizer(model_cfg: Mapping[str, Any], seq2seq: bool):
+def load_tokenizer(model_cfg: Mapping[str, Any], seq2seq: bool) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     name = model_cfg.get("tokenizer") or model_cfg.get("name_or_path")

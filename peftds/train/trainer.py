@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from peftds.data.batching import LengthGroupedBatchSampler
 from peftds.train.compile import CompiledModel
+
+if TYPE_CHECKING:
+    from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 
 class Diverged(RuntimeError):
@@ -28,14 +34,22 @@ def divergence(loss: float, first: float | None, factor: float) -> str | None:
     return None
 
 
-def trainer_classes():
+def trainer_classes() -> tuple[type[Trainer], type[TrainerCallback]]:
     """(PeftdsTrainer, LossGuard), made on first use so that importing peftds stays light."""
     from transformers import Trainer, TrainerCallback
 
     class PeftdsTrainer(Trainer):
         """HF Trainer with length-grouped batches and task-specific evaluation."""
 
-        def __init__(self, *args, lengths=None, eval_fn=None, length_grouped=True, compile=False, **kw):
+        def __init__(
+            self,
+            *args: Any,
+            lengths: Sequence[int] | None = None,
+            eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+            length_grouped: bool = True,
+            compile: bool = False,
+            **kw: Any,
+        ):
             super().__init__(*args, **kw)
             self._lengths, self._eval_fn, self._length_grouped = lengths, eval_fn, length_grouped
             # train.compile: training forwards go through torch.compile (static shapes: one compilation per
@@ -44,12 +58,14 @@ def trainer_classes():
             if compile:
                 self.compiled = CompiledModel(self.model)
 
-        def compute_loss(self, model, inputs, *args, **kwargs):
+        def compute_loss(
+            self, model: nn.Module, inputs: dict[str, torch.Tensor | Any], *args: Any, **kwargs: Any
+        ) -> torch.Tensor | tuple[torch.Tensor, Any]:
             if self.compiled is not None and model is self.model and model.training:
                 model = self.compiled
             return super().compute_loss(model, inputs, *args, **kwargs)
 
-        def get_train_dataloader(self):
+        def get_train_dataloader(self) -> torch.utils.data.DataLoader:
             if not self._length_grouped:
                 return super().get_train_dataloader()
             sampler = LengthGroupedBatchSampler(
@@ -60,7 +76,9 @@ def trainer_classes():
             )
             return self.accelerator.prepare(loader)
 
-        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        def evaluate(
+            self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"
+        ) -> dict[str, float]:
             metrics = {f"{metric_key_prefix}_{k}": v for k, v in self._eval_fn(self.model).items()}
             metrics["epoch"] = self.state.epoch
             self.log(metrics)
@@ -74,7 +92,14 @@ def trainer_classes():
         def __init__(self, factor: float, lr: float) -> None:
             self.factor, self.lr, self.first = factor, lr, None
 
-        def on_log(self, args, state, control, logs=None, **kw):
+        def on_log(
+            self,
+            args: TrainingArguments,
+            state: TrainerState,
+            control: TrainerControl,
+            logs: dict[str, float] | None = None,
+            **kw: Any,
+        ) -> None:
             loss = (logs or {}).get("loss")
             if loss is None:
                 return

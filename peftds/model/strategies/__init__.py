@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from peftds.errors import PeftdsError
 from peftds.model.strategies.adapter import Adapter
 from peftds.model.strategies.base import AttnShape, LayerShape, Strategy
@@ -18,7 +20,7 @@ LETTERS = {name: STRATEGIES[name].letter for name in NAMES}
 LETTERS_NOTE = ", ".join(f"{STRATEGIES[n].letter} = {type(STRATEGIES[n]).__name__}" for n in NAMES)
 
 
-def strategy_label(subset) -> str:
+def strategy_label(subset: Collection[str]) -> str:
     """A subset of strategies as letters in canonical order, e.g. ('lora', 'adapter') -> 'A+L'; '-' if empty."""
     return "+".join(LETTERS[s] for s in NAMES if s in subset) or "-"
 

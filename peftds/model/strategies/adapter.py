@@ -61,7 +61,14 @@ class Bottleneck(nn.Module):
     """``scale · [gate(z) ·] up(act(down(z)))``; ``up`` starts at zero."""
 
     def __init__(
-        self, d: int, b: int, activation: str, device=None, dtype=None, scale: float = 1.0, gated: bool = False
+        self,
+        d: int,
+        b: int,
+        activation: str,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        scale: float = 1.0,
+        gated: bool = False,
     ):
         super().__init__()
         if b < 1:

@@ -26,7 +26,7 @@ def gate_cost(d: int) -> int:
 class Gate(nn.Module):
     """``sigmoid(Linear(d, 1)(x))``: one value in (0, 1) per token, shape ``[..., 1]``."""
 
-    def __init__(self, d: int, device=None, dtype=None):
+    def __init__(self, d: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         super().__init__()
         self.proj = nn.Linear(d, 1, device=device, dtype=dtype)
         self.stash: torch.Tensor | None = None

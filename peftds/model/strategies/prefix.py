@@ -81,7 +81,15 @@ GATE_ATTR = "peftds_prefix_gate"
 class PrefixKV(nn.Module):
     """Directly parametrised prefix of one attention site: key and value ``[h, p, d_kv]``."""
 
-    def __init__(self, num_heads: int, length: int, head_dim: int, init_std: float, device=None, dtype=None):
+    def __init__(
+        self,
+        num_heads: int,
+        length: int,
+        head_dim: int,
+        init_std: float,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
         super().__init__()
         self.key = nn.Parameter(torch.empty(num_heads, length, head_dim, device=device, dtype=dtype))
         self.value = nn.Parameter(torch.empty(num_heads, length, head_dim, device=device, dtype=dtype))
@@ -95,7 +103,15 @@ class PrefixKV(nn.Module):
 class PrefixEncoder(nn.Module):
     """Reparametrised prefixes of one layer: ``mlp(embedding)`` -> ``[p, sum over sites 2·h·d_kv]``."""
 
-    def __init__(self, length: int, d_model: int, hidden: int, out: int, device=None, dtype=None):
+    def __init__(
+        self,
+        length: int,
+        d_model: int,
+        hidden: int,
+        out: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
         super().__init__()
         self.embedding = nn.Parameter(torch.randn(length, d_model, device=device, dtype=dtype))
         self.mlp = nn.Sequential(
@@ -174,7 +190,17 @@ def causal_with_prefix(q_len: int, kv_len: int, p: int, device: torch.device) ->
 
 
 # --------------------------------------------------------------------------- attention functions
-def _generic_eager(module, query, key, value, attention_mask, scaling=None, dropout=0.0, position_bias=None, **kwargs):
+def _generic_eager(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    position_bias: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Fallback eager attention (used only if a family module has no ``eager_attention_forward``)."""
     if scaling is None:
         scaling = query.size(-1) ** -0.5
@@ -206,7 +232,15 @@ def _family_eager(module: nn.Module) -> Callable:
 def _make_attention(base: str) -> Callable:
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    def attention(module, query, key, value, attention_mask, *args, **kwargs):
+    def attention(
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if base == "sdpa":
             fn = ALL_ATTENTION_FUNCTIONS["sdpa"]
         else:
