@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from peftds.config.compose import compose_for, group_options
 from peftds.config.schema import describe
@@ -131,6 +134,20 @@ def command_help(name: str) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler stopping the job) stops a command like Ctrl-C: runs record `interrupted`."""
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def check_output_dir(name: str, argv: Sequence[str]) -> None:
     """`hydra.run.dir` / `hydra.sweep.dir` only where the command writes there; elsewhere one line naming
     the key the command uses instead (or saying it writes no run dir)."""
@@ -168,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             if not COMMANDS[name].groups:
                 raise PeftdsError(f"`peftds {name}` composes no config (nothing to print with --cfg)")
             return print_config(name, [a for a in rest if a != "--cfg"])
-        return COMMANDS[name].function()(rest) or 0
+        with sigterm_as_interrupt():
+            return COMMANDS[name].function()(rest) or 0
     except PeftdsError as e:
         print(f"peftds: error: {e}", file=sys.stderr)
         return 2

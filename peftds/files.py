@@ -62,6 +62,14 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, default=str))
 
 
+def save_figure(plt: Any, fig: Any, path: str | Path) -> Path:
+    """Save a matplotlib figure as PNG and free it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 def read_json(path: str | Path) -> dict[str, Any] | None:
     """A JSON file's content, or None when it is missing or unreadable (e.g. a run still starting)."""
     try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -314,17 +313,10 @@ def run_compare(argv: Sequence[str], echo: Callable[..., Any] = print) -> int:
 
 
 def cmd_compare(argv: list[str]) -> int:
-    """The `peftds compare` command: SIGTERM stops it like Ctrl-C (finished runs are kept)."""
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, on_term)
+    """The `peftds compare` command (the CLI turns SIGTERM into Ctrl-C: finished runs are kept)."""
     try:
         return run_compare(argv, echo=lambda *a: print(*a, flush=True))
     except KeyboardInterrupt:
         print("peftds compare: interrupted (finished runs are kept; rerun the same command to resume)",
               file=sys.stderr, flush=True)  # fmt: skip
         return 130
-    finally:
-        signal.signal(signal.SIGTERM, old)

@@ -12,7 +12,6 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -304,16 +303,10 @@ def run_search(argv: Sequence[str], echo: Callable[..., Any] = print) -> int:
 
 
 def cmd_search(argv: list[str]) -> int:
-    """The `peftds search` command: SIGTERM stops it like Ctrl-C (the running trial records `interrupted`)."""
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, on_term)
+    """The `peftds search` command (the CLI turns SIGTERM into Ctrl-C: the running trial records
+    `interrupted`, finished trials are kept)."""
     try:
         return run_search(argv, echo=lambda *a: print(*a, flush=True))
     except KeyboardInterrupt:
         print("peftds search: interrupted (finished trials are kept)", file=sys.stderr, flush=True)
         return 130
-    finally:
-        signal.signal(signal.SIGTERM, old)

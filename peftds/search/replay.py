@@ -36,6 +36,7 @@ from peftds.files import (
     STAGE_FILE,
     TRIALS_FILE,
     read_json,
+    save_figure,
     write_json_atomic,
     write_text_atomic,
 )
@@ -346,11 +347,7 @@ def plot(result: Mapping[str, Any], path: Path) -> Path:
     ax.set_title(f"{result['stage']}: agreement vs compute")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    # not report.save_figure: report.py imports the strategies (torch), too heavy for a replay
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 def write_replay(stage_dir: str | Path, result: Mapping[str, Any]) -> list[Path]:

@@ -18,20 +18,13 @@ from peftds.files import (
     SPACE_NEXT,
     STAGE_FILE,
     read_json,
+    save_figure,
     write_text_atomic,
 )
 from peftds.model.strategies import LETTERS_NOTE
 from peftds.search.racing import race_markdown
 from peftds.search.state import read_state
 from peftds.search.stats import finite, stage_summary
-
-
-def save_figure(plt: Any, fig: Any, path: Path) -> Path:
-    """Save a matplotlib figure as PNG and free it."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _fmt(x: Any, nd: int = 2) -> str:
