@@ -254,5 +254,10 @@ def cmd_report(argv: list[str]) -> int:
             "usage: peftds report <search dir> [bootstrap=N]"
             + (f" (unknown option(s) {sorted(unknown)})" if unknown else "")
         )
-    write_report(dirs[0], int(opts["bootstrap"]) if "bootstrap" in opts else None)
+    n_boot = None
+    if "bootstrap" in opts:
+        if not opts["bootstrap"].isdigit() or int(opts["bootstrap"]) < 1:
+            raise PeftdsError(f"bootstrap must be a whole number >= 1, got {opts['bootstrap']!r}")
+        n_boot = int(opts["bootstrap"])
+    write_report(dirs[0], n_boot)
     return 0
