@@ -29,8 +29,8 @@ def test_stage_configs_of_the_repo(compose_cfg):
     assert not chain and g2[0].group == 2 and g2[0].name == "strategy_g2"
     s0, _ = stage_chain(plain(compose_cfg("+stage=s0").stage))
     assert s0[0].dimension is None and list(s0[0].options) == ["s0"]
-    assert Space.from_config(compose_cfg("+space=s0").space) == Space.from_config({})
-    s4 = Space.from_config(compose_cfg("+space=s4_t5base").space)
+    assert Space.from_config(plain(compose_cfg("+space=s0").space)) == Space.from_config({})
+    s4 = Space.from_config(plain(compose_cfg("+space=s4_t5base").space))
     s4.check(24)
     assert s4.grouping == "spindle" and s4.strategies[0] == ("adapter", "lora")
 
