@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of issue #5 ("Speed"): `peftds bench` on the T5-base shape (random init from conf/model/t5_base.yaml
+# GPU check of the speed targets: `peftds bench` on the T5-base shape (random init from conf/model/t5_base.yaml
 # with model.pretrained=false, so no weights are needed; bf16 autocast; bench=gpu: batch 128, source 128,
 # target 8, median of 20 steps) for the designs spindle_t5base, lora, adapter and prefix against peft LoRA
 # (q,v, rank from the same 0.5% budget), the frozen floor, full fine-tuning and forward only, all in ONE

@@ -1,4 +1,4 @@
-"""Length-grouped batching (issue #5, part 3): every example once per epoch, little padding, batches
+"""Length-grouped batching (peftds.data.batching): every example once per epoch, little padding, batches
 re-mixed between epochs; the collator's length buckets."""
 
 import random
