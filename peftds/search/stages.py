@@ -30,12 +30,12 @@ def safe_name(name: str) -> str:
 
 @dataclass
 class StageSpec:
+    """One stage: the dimension it decides and its options (option name -> constraint value)."""
+
     name: str
     dimension: str | None  # None | grouping | allocation | tuned | strategies
     group: int | str | None  # strategies: 1..K or "each"
     options: dict[str, Any]
-
-    """One stage: the dimension it decides and its options (option name -> constraint value)."""
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None, where: str = "stage") -> StageSpec:
