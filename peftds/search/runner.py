@@ -125,7 +125,6 @@ class Search:
     def plan_stages(self) -> tuple[list[StageSpec], bool, Space]:
         """The stages, whether they are a chain, and the input space, all checked before any training."""
         specs, chain = stage_chain(self.config.stage)
-        self.check_data()
         space = self.input_space()
         for spec in specs:
             spec.validate_values(space.groups)
@@ -138,6 +137,7 @@ class Search:
                     f"stage '{spec.name}': the space already constrains {spec.dimension} "
                     f"({getattr(space, spec.dimension)}); start from a space without it"
                 )
+        self.check_data()  # after the config checks: a bad option is named even where data is missing
         return specs, chain, space
 
     def check_strategy_group(self, spec: StageSpec, space: Space, strict: bool) -> bool:
