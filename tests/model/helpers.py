@@ -1,4 +1,4 @@
-"""Tiny random-initialised models of the four families and small helpers for the strategy tests
+"""Tiny random-initialised models of every family and small helpers for the strategy tests
 (imported as ``tests.model.helpers``)."""
 
 from __future__ import annotations
@@ -12,6 +12,63 @@ from peftds.model.strategies import APPLY_ORDER, LayerShape, get_strategy
 VOCAB = 128
 FAMILIES = ("t5", "bart", "bert", "roberta")
 SEQ2SEQ = ("t5", "bart")
+# Decoder-only LLM families: GQA (2 key/value heads for 4 query heads) where the family has it,
+# head_dim 16 != hidden / heads = 8 (head_dim must come from the config), sliding windows of 4 on a
+# 7-token input (the window bites), Gemma 2's soft-cap small enough to change the attention.
+DECODERS = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "gpt2")
+DECODER_PAD = 0
+_LLAMA_LIKE = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=64,
+    pad_token_id=DECODER_PAD,
+    bos_token_id=1,
+    eos_token_id=2,
+    num_labels=3,
+)
+
+
+def decoder_config(family: str):
+    """The tiny config of a decoder-only family."""
+    import transformers as tf
+
+    kw = dict(_LLAMA_LIKE)
+    if family == "llama":
+        return tf.LlamaConfig(**kw)
+    if family == "mistral":
+        return tf.MistralConfig(sliding_window=4, **kw)
+    if family == "qwen2":
+        return tf.Qwen2Config(**kw)
+    if family == "qwen3":
+        return tf.Qwen3Config(**kw)
+    if family == "gemma2":
+        return tf.Gemma2Config(sliding_window=4, attn_logit_softcapping=0.5, query_pre_attn_scalar=16, **kw)
+    if family == "gemma3":
+        return tf.Gemma3TextConfig(sliding_window=4, query_pre_attn_scalar=16, sliding_window_pattern=2, **kw)
+    if family == "phi3":
+        kw.pop("head_dim")
+        return tf.Phi3Config(**kw)
+    if family == "gpt2":
+        return tf.GPT2Config(
+            vocab_size=VOCAB,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=64,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            pad_token_id=DECODER_PAD,
+            bos_token_id=1,
+            eos_token_id=2,
+            num_labels=3,
+        )
+    raise ValueError(family)
 
 
 def build_model(family: str, attn: str = "sdpa", seed: int = 0) -> nn.Module:
@@ -74,6 +131,10 @@ def build_model(family: str, attn: str = "sdpa", seed: int = 0) -> nn.Module:
             model = tf.RobertaForSequenceClassification(
                 tf.RobertaConfig(max_position_embeddings=66, pad_token_id=1, **kw)
             )
+    elif family in DECODERS:
+        # Gemma 2's soft-cap exists only in eager attention (sdpa refuses it)
+        attn = "eager" if family == "gemma2" else attn
+        model = tf.AutoModelForSequenceClassification.from_config(decoder_config(family), attn_implementation=attn)
     else:
         raise ValueError(family)
     model.set_attn_implementation(attn)
@@ -126,7 +187,7 @@ def batch(family: str, seed: int = 1, pad: bool = True, bsz: int = 3, src_len: i
     if pad:
         for i in range(1, bsz):
             mask[i, src_len - 2 * i :] = 0
-    pad_id = 0 if family == "t5" else 1
+    pad_id = 0 if family in ("t5", *DECODERS) else 1
     ids = ids.masked_fill(mask == 0, pad_id)
     out = {"input_ids": ids, "attention_mask": mask}
     if family in SEQ2SEQ:
