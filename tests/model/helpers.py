@@ -16,7 +16,6 @@ SEQ2SEQ = ("t5", "bart")
 # head_dim 16 != hidden / heads = 8 (head_dim must come from the config), sliding windows of 4 on a
 # 7-token input (the window bites), Gemma 2's soft-cap small enough to change the attention.
 DECODERS = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "gpt2")
-DECODER_PAD = 0
 _LLAMA_LIKE = dict(
     vocab_size=VOCAB,
     hidden_size=32,
@@ -26,35 +25,32 @@ _LLAMA_LIKE = dict(
     num_key_value_heads=2,
     head_dim=16,
     max_position_embeddings=64,
-    pad_token_id=DECODER_PAD,
+    pad_token_id=0,
     bos_token_id=1,
     eos_token_id=2,
-    num_labels=3,
 )
-
-
-def decoder_config(family: str):
-    """The tiny config of a decoder-only family."""
-    import transformers as tf
-
-    kw = dict(_LLAMA_LIKE)
-    if family == "llama":
-        return tf.LlamaConfig(**kw)
-    if family == "mistral":
-        return tf.MistralConfig(sliding_window=4, **kw)
-    if family == "qwen2":
-        return tf.Qwen2Config(**kw)
-    if family == "qwen3":
-        return tf.Qwen3Config(**kw)
-    if family == "gemma2":
-        return tf.Gemma2Config(sliding_window=4, attn_logit_softcapping=0.5, query_pre_attn_scalar=16, **kw)
-    if family == "gemma3":
-        return tf.Gemma3TextConfig(sliding_window=4, query_pre_attn_scalar=16, sliding_window_pattern=2, **kw)
-    if family == "phi3":
-        kw.pop("head_dim")
-        return tf.Phi3Config(**kw)
-    if family == "gpt2":
-        return tf.GPT2Config(
+_WINDOW = dict(sliding_window=4)
+# family -> (transformers model type, config kwargs, attention kernel)
+DECODER_SHAPES = {
+    "llama": ("llama", _LLAMA_LIKE, "sdpa"),
+    "mistral": ("mistral", {**_LLAMA_LIKE, **_WINDOW}, "sdpa"),
+    "qwen2": ("qwen2", _LLAMA_LIKE, "sdpa"),
+    "qwen3": ("qwen3", _LLAMA_LIKE, "sdpa"),
+    # Gemma 2's soft-cap exists only in eager attention (sdpa refuses it)
+    "gemma2": (
+        "gemma2",
+        {**_LLAMA_LIKE, **_WINDOW, "attn_logit_softcapping": 0.5, "query_pre_attn_scalar": 8},
+        "eager",
+    ),
+    "gemma3": (
+        "gemma3_text",
+        {**_LLAMA_LIKE, **_WINDOW, "query_pre_attn_scalar": 8, "sliding_window_pattern": 2},
+        "sdpa",
+    ),
+    "phi3": ("phi3", {k: v for k, v in _LLAMA_LIKE.items() if k != "head_dim"}, "sdpa"),
+    "gpt2": (
+        "gpt2",
+        dict(
             vocab_size=VOCAB,
             n_embd=32,
             n_layer=2,
@@ -63,12 +59,36 @@ def decoder_config(family: str):
             resid_pdrop=0.0,
             embd_pdrop=0.0,
             attn_pdrop=0.0,
-            pad_token_id=DECODER_PAD,
+            pad_token_id=0,
             bos_token_id=1,
             eos_token_id=2,
-            num_labels=3,
-        )
-    raise ValueError(family)
+        ),
+        "sdpa",
+    ),
+}
+
+
+def decoder_model_config(family: str, attn: str | None = None) -> dict:
+    """The peftds ``model`` config of a tiny decoder-only family (random init)."""
+    arch, shape, default_attn = DECODER_SHAPES[family]
+    return {
+        "name": f"tiny_{family}",
+        "pretrained": False,
+        "arch": arch,
+        "shape": dict(shape),
+        "attn_implementation": default_attn if family == "gemma2" or attn is None else attn,
+        "tokenizer": None,
+    }
+
+
+def decoder_lm(family: str, seed: int = 0) -> nn.Module:
+    """The tiny decoder as a causal LM (generation checks), in eval mode."""
+    import transformers as tf
+
+    arch, shape, attn = DECODER_SHAPES[family]
+    torch.manual_seed(seed)
+    cfg = tf.AutoConfig.for_model(arch, **shape)
+    return tf.AutoModelForCausalLM.from_config(cfg, attn_implementation=attn).eval()
 
 
 def build_model(family: str, attn: str = "sdpa", seed: int = 0) -> nn.Module:
@@ -132,9 +152,11 @@ def build_model(family: str, attn: str = "sdpa", seed: int = 0) -> nn.Module:
                 tf.RobertaConfig(max_position_embeddings=66, pad_token_id=1, **kw)
             )
     elif family in DECODERS:
-        # Gemma 2's soft-cap exists only in eager attention (sdpa refuses it)
-        attn = "eager" if family == "gemma2" else attn
-        model = tf.AutoModelForSequenceClassification.from_config(decoder_config(family), attn_implementation=attn)
+        from peftds.model.backbones import build_model as build_backbone
+
+        model_cfg = {**decoder_model_config(family, attn), "init_seed": seed}
+        model = build_backbone(model_cfg, num_labels=3)
+        attn = model_cfg["attn_implementation"]
     else:
         raise ValueError(family)
     model.set_attn_implementation(attn)
