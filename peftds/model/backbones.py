@@ -324,6 +324,13 @@ class Backbone:
         return sum(p.numel() for _, p in self.head_parameters())
 
 
+def align_pad_token(model: nn.Module, pad_token_id: int) -> None:
+    """A decoder-only classifier reads the last token that is not ``config.pad_token_id``: make that the
+    tokenizer's pad id (pretrained LLM configs often have none; the tokenizer falls back to eos)."""
+    if family_of(model.config.model_type).decoder_only:
+        model.config.pad_token_id = int(pad_token_id)
+
+
 def count_trainable(model: nn.Module, backbone: Backbone) -> tuple[int, int]:
     """(trainable params outside the head, trainable head params), shared tensors counted once."""
     body = head = 0
