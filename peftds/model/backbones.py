@@ -412,6 +412,12 @@ def build_model(model_cfg: Any, num_labels: int | None = None, device: str | tor
     fam = family_of(config.model_type)
     auto = AutoModelForSeq2SeqLM if fam.seq2seq else AutoModelForSequenceClassification
     attn = model_cfg.get("attn_implementation") or "sdpa"
+    if getattr(config, "attn_logit_softcapping", None) and attn != "eager":
+        # transformers' sdpa refuses a soft-cap at the first forward: say so before anything is built
+        raise PeftdsError(
+            f"model.attn_implementation={attn}: {config.model_type} soft-caps attention logits, which only "
+            "eager attention applies (use model.attn_implementation=eager)"
+        )
     head = {}
     if not fam.seq2seq and num_labels is not None:
         head = {"num_labels": num_labels, "problem_type": "regression" if num_labels == 1 else None}

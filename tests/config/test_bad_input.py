@@ -142,6 +142,9 @@ CASES = [
     (["compare", "hydra.sweep.dir={tmp}/x"], "compare.dir"),
     (["compare", "compare.seeds=[]"], "compare.seeds"),
     (["report", "{tmp}", "bootstrap=abc"], "bootstrap"),
+    (["inspect", "model=tiny_gpt2", "design=lora", "design.hparams.lora.targets=[q,gate]"], "'gate'"),
+    (["inspect", "model=gemma2_9b", "model.attn_implementation=sdpa"], "model.attn_implementation"),
+    (["train", "model=tiny_llama", "design=lora", "design.hparams.lora.targets=[q,ffn]"], "lora.targets"),
 ]
 
 # Real bad input the code does not (yet) turn into exit 2 + one line before any model loads:
