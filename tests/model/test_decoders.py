@@ -343,3 +343,29 @@ def test_paper_shapes_on_the_meta_device(name, compose_cfg):
     bb = Backbone(build_model(compose_cfg(f"model={name}").model, num_labels=2, device="meta"))
     assert len(bb) == layers and bb.backbone_params() == params
     assert {get_strategy("bitfit").cost(s, 0, {}) for s in layer_shapes(bb)} == {bitfit}
+
+
+@pytest.mark.parametrize("family", ["phi3", "gpt2"])
+def test_fused_projection_targets_keep_their_own_ranks(family):
+    """q, k and v of a fused projection with ranks 1, 2, 3: each update lands on its own output columns only."""
+    from peftds.model.strategies.base import innermost_linear
+
+    model, bb = frozen(family)
+    site = bb.layers[0].attentions[0]
+    parent, attr = site.projections["q"]
+    mod = getattr(parent, attr)
+    for target, rank in (("q", 1), ("k", 2), ("v", 3)):
+        mod = LoRALinear(mod, rank, 8, window=site.slices[target])
+    setattr(parent, attr, mod)
+    _perturb(model)
+    base = innermost_linear(mod)
+    x = torch.randn(4, 32)
+    expected = base(x).detach().clone()
+    part = mod
+    while isinstance(part, LoRALinear):
+        start, stop = part.window
+        expected[:, start:stop] += x @ part.lora_A.T @ part.lora_B.T * part.scaling
+        part = part.base_layer
+    with torch.no_grad():
+        torch.testing.assert_close(mod(x), expected, atol=1e-6, rtol=0)
+    assert [p.rank for p in mod.modules() if isinstance(p, LoRALinear)] == [3, 2, 1]
