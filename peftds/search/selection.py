@@ -13,6 +13,7 @@ import yaml
 from peftds.design.space import Space
 from peftds.files import SPACE_NEXT, SUMMARY_FILE, write_text_atomic
 from peftds.search.stages import StageSpec
+from peftds.search.stats import finite
 
 
 def next_space(spec: StageSpec, space: Space, summary: Mapping[str, Any]) -> Space:
@@ -28,7 +29,7 @@ def next_space(spec: StageSpec, space: Space, summary: Mapping[str, Any]) -> Spa
         "option": w,
         "value": spec.options[w],
         "mean": round(ws["mean"], 4),
-        "ci": [round(ws["ci_low"], 4), round(ws["ci_high"], 4)],
+        "ci": [round(ws["ci_low"], 4), round(ws["ci_high"], 4)] if finite(ws["ci_low"]) else None,  # None: n/a
         "designs": ws["designs_ok"],
         "overlap_runner_up": summary["overlap"],
     }
