@@ -268,18 +268,22 @@ class StageDesigns:
         sample = next(s for s in meta["samples"][w] if s["index"] == best["index"])
         src = yaml.safe_load((self.dir / sample["design_file"]).read_text())
         src.pop("defaults", None)
+        model = self.config.model.get("name")
         cfg = {
             "defaults": DESIGN_DEFAULTS,
             **src,
             "name": f"best_{safe_name(spec.name)}",
+            # the model it was made for: `peftds train design=<this file>` selects it (an explicit model= wins)
+            **({"model": model} if model else {}),
             "hparams": self.model.hparams,
         }
         path = stage_dir / BEST_DESIGN
         header = (
             f"# best design of stage {spec.name}: option {w} (mean {summary['options'][w]['mean']:.2f}), "
             f"design {best['design']} scored {best['score']:.2f}\n"
-            f"# (mean over {', '.join(self.config.tasks)} on the held-out slice; concrete group sizes for this model)\n"
-            f"# use: peftds train design={path}\n"
+            f"# (mean over {', '.join(self.config.tasks)} on the held-out slice; concrete group sizes for model "
+            f"{model})\n"
+            f"# use: peftds train design={path} task=<task>\n"
         )
         write_text_atomic(path, header + yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None))
         return path

@@ -27,7 +27,7 @@ from peftds.files import CONF_SUBDIR, SEARCH_CONFIG, SEARCH_LOCK, SEARCH_STATE, 
 from peftds.search.runner import Search
 from peftds.search.settings import config_hash
 from peftds.search.stages import safe_name
-from peftds.search.state import read_state, record_args
+from peftds.search.state import override_key, read_state, record_args
 from peftds.search.trial import trial_job
 
 FILE_GROUPS = ("search", "stage", "space")  # groups whose value may be a YAML file path
@@ -41,12 +41,6 @@ NOT_IN_DIR_KEY = ("hydra/launcher", "hydra.launcher.", "hydra.hydra_logging", "h
 
 
 # ----------------------------------------------------------------------------------- arguments
-def override_key(arg: str) -> str:
-    """The key of a Hydra override (`+a.b=1` -> `a.b`, `hydra/launcher=joblib` -> `hydra/launcher`)."""
-    m = re.match(r"^[+~]*([^=]+)", arg)
-    return m.group(1) if m else arg
-
-
 def primary_groups() -> set[str]:
     """The config groups conf/config.yaml has a default for (no `+` needed to select them)."""
     cfg = yaml.safe_load((conf_dir() / f"{PRIMARY_CONFIG}.yaml").read_text()) or {}
