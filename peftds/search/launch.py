@@ -188,6 +188,7 @@ class Prepared:
 
 
 def files_under(root: Path) -> set[Path]:
+    """Every file and folder below root (none when it does not exist)."""
     return set(root.rglob("*")) if root.is_dir() else set()
 
 
