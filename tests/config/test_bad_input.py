@@ -145,6 +145,8 @@ CASES = [
     (["inspect", "model=tiny_gpt2", "design=lora", "design.hparams.lora.targets=[q,gate]"], "'gate'"),
     (["inspect", "model=gemma2_9b", "model.attn_implementation=sdpa"], "model.attn_implementation"),
     (["train", "model=tiny_llama", "design=lora", "design.hparams.lora.targets=[q,ffn]"], "lora.targets"),
+    (["search", *SEARCH, "search.tasks=[]"], "search.tasks is empty"),
+    (["train", "model=tiny_bert", "design=spindle_t5base", "task=sst2"], "design 'spindle_t5base'"),
 ]
 
 # Real bad input the code does not (yet) turn into exit 2 + one line before any model loads:
