@@ -35,7 +35,9 @@ class Trial:
 
 
 def trial_id(digest: str, task: str, seed: int, regime_hash: str) -> str:
-    """A trial's identity: design digest, task, seed and training regime (existing search dirs depend on it)."""
+    """A trial's identity: design digest, task, seed and training regime (existing search dirs depend on it).
+    The regime holds the schedule's horizon (train.epochs) but not the fidelity (train.stop_epoch): a trial
+    stopped after epoch k and the same trial continued to the end are one trial, one dir, one checkpoint."""
     return f"{digest}-{task}-s{seed}-r{regime_hash}"
 
 
@@ -44,10 +46,21 @@ def read_result(trial_dir: Path) -> dict[str, Any] | None:
     return read_json(Path(trial_dir) / RESULT_FILE)
 
 
-def finished_result(trial_dir: Path) -> dict[str, Any] | None:
-    """The record of a finished (ok or failed) trial, None for one not run yet or interrupted."""
+def trained_epochs(rec: Mapping[str, Any]) -> float:
+    """Epochs a record's run has trained (a record older than checkpoints trained its whole schedule)."""
+    if rec.get("complete", True):
+        return math.inf
+    return float(rec.get("epochs_trained") or 0)
+
+
+def finished_result(trial_dir: Path, epochs: int | None = None) -> dict[str, Any] | None:
+    """The record of a trial finished at fidelity `epochs` (None: its whole schedule), ok or failed; None for
+    one not run yet, interrupted, preempted, or stopped at an earlier epoch (train.stop_epoch): running it
+    again continues it from its checkpoint."""
     rec = read_result(trial_dir)
     if rec is None or rec.get("status") not in FINISHED:
+        return None
+    if rec.get("status") == "ok" and trained_epochs(rec) < (math.inf if epochs is None else epochs):
         return None
     return rec
 
