@@ -20,8 +20,11 @@ from peftds.files import RESULT_FILE, read_json
 from peftds.search.designs import Sample
 from peftds.train.launched import run_launched
 
-FINISHED = ("ok", "failed", "diverged")
-RETURNED_KEYS = ("status", "error", "score", "best", "wall_time_s", "trainable_params", "device", "run_dir")
+FINISHED = ("ok", "failed", "diverged")  # failed and diverged at every fidelity, ok up to its epochs
+RETURNED_KEYS = (
+    "status", "error", "score", "best", "wall_time_s", "trainable_params", "device", "run_dir", "epochs_trained",
+    "complete",
+)  # fmt: skip
 
 
 @dataclass
@@ -55,14 +58,15 @@ def trained_epochs(rec: Mapping[str, Any]) -> float:
 
 def finished_result(trial_dir: Path, epochs: int | None = None) -> dict[str, Any] | None:
     """The record of a trial finished at fidelity `epochs` (None: its whole schedule), ok or failed; None for
-    one not run yet, interrupted, preempted, or stopped at an earlier epoch (train.stop_epoch): running it
-    again continues it from its checkpoint."""
+    one not run yet, interrupted, or stopped before that epoch (train.stop_epoch, a preemption): running it
+    again continues it from its checkpoint. A preempted run counts at the epochs it completed."""
     rec = read_result(trial_dir)
-    if rec is None or rec.get("status") not in FINISHED:
-        return None
-    if rec.get("status") == "ok" and trained_epochs(rec) < (math.inf if epochs is None else epochs):
-        return None
-    return rec
+    status = None if rec is None else rec.get("status")
+    if status in FINISHED and status != "ok":
+        return rec
+    if status == "ok" or (status == "preempted" and epochs is not None):
+        return rec if trained_epochs(rec) >= (math.inf if epochs is None else epochs) else None
+    return None
 
 
 def effective_status(rec: Mapping[str, Any] | None) -> str | None:

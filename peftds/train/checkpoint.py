@@ -154,6 +154,7 @@ def trajectory(config: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a run's resolved config that decide what its steps compute (the horizon aside)."""
     out = {k: config.get(k) for k in TRAJECTORY_SECTIONS}
     drop = {
+        "design": {"name"},  # a label: one design may be written under several names (a search's stages)
         "model": COSMETIC_MODEL_KEYS,
         "data": COSMETIC_DATA_KEYS,
         "train": {*COSMETIC_TRAIN_KEYS, *HORIZON_TRAIN_KEYS},

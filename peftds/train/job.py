@@ -107,6 +107,7 @@ def train_job(run: RunConfig, run_dir: Path | None = None, pass_on_signal: bool 
         raise
     except Diverged as e:
         rec.update(status="diverged", error=str(e), wall_time_s=time.time() - start)
+        delete_checkpoints(run_dir)  # continuing would continue the divergence
     except PeftdsError as e:
         rec.update(status="failed", error=str(e), wall_time_s=time.time() - start)
     except Exception as e:  # a crashed trial must not lose its record (the search goes on)
@@ -259,7 +260,7 @@ def _train(
         checkpoint_dir=run_dir,
         bookkeeping=bookkeeping,
     )
-    resumed_at = checkpoint_state(resume)["epoch"] if resume is not None else 0.0
+    resumed_at = float(book.get("epoch") or 0.0)
     if resume is not None:
         rec.update(resumed_from={"checkpoint": resume.name, "step": book["global_step"], "epoch": resumed_at})
     t0 = time.time()
@@ -275,6 +276,8 @@ def _train(
         "schedule_epochs": int(tc.epochs),
         "complete": complete,
         "train_runtime_s": train_time,
+        "checkpoints_saved": trainer.checkpoints_saved,
+        "checkpoint_seconds": trainer.checkpoint_seconds,
         "loss_history": [[h["step"], h["loss"]] for h in state.log_history if "loss" in h],
     }
     if guard.received is not None and not complete:
@@ -290,7 +293,7 @@ def _train(
     if int(tc.max_steps) > 0 or not epochs:  # step-limited runs evaluate once at the end
         trainer.evaluate()
     real_tokens = sum(train_ds["length"])
-    epochs_done = float(state.epoch or 0) - float(resumed_at or 0)
+    epochs_done = float(state.epoch or 0) - resumed_at  # trained by this process
     if tc.save_params:
         save_trained(built, run_dir / DESIGN_DIR, extra={"task": task.name})
     if complete and not tc.keep_checkpoint:  # nothing left to continue: free the disk

@@ -4,6 +4,7 @@ checkpoints of the trainable parameters only (peftds.train.checkpoint)."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,6 +71,7 @@ def trainer_classes() -> tuple[type[Trainer], type[TrainerCallback], type[Traine
             self._lengths, self._eval_fn, self._length_grouped = lengths, eval_fn, length_grouped
             # resumable checkpoints go to <checkpoint_dir>/checkpoints (None: none), with the run's bookkeeping
             self.checkpoint_dir, self.bookkeeping = checkpoint_dir, bookkeeping
+            self.checkpoints_saved, self.checkpoint_seconds = 0, 0.0  # what checkpoints cost this run
             # train.compile: training forwards go through torch.compile (static shapes: one compilation per
             # batch shape, counted; peftds.train.compile.CompiledModel); evaluation stays eager.
             self.compiled = None
@@ -109,6 +111,7 @@ def trainer_classes() -> tuple[type[Trainer], type[TrainerCallback], type[Traine
             states and the data position), but with the trainable parameters only."""
             if self.checkpoint_dir is None:
                 return
+            t0 = time.perf_counter()
             with writing_checkpoint(self.checkpoint_dir) as tmp:
                 save_trainable(self.model, tmp)
                 self._save_optimizer_and_scheduler(str(tmp))
@@ -120,6 +123,8 @@ def trainer_classes() -> tuple[type[Trainer], type[TrainerCallback], type[Traine
                 book = {"global_step": self.state.global_step, "epoch": self.state.epoch}
                 book.update(steps_per_epoch=steps_per_epoch, **(self.bookkeeping() if self.bookkeeping else {}))
                 write_checkpoint_state(tmp, book)
+            self.checkpoints_saved += 1
+            self.checkpoint_seconds += time.perf_counter() - t0
 
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
             load_trainable(model or self.model, Path(resume_from_checkpoint))
