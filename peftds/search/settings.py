@@ -104,7 +104,8 @@ class SearchSetup:
         """Read the composed config (an OmegaConf object or a plain mapping) in one place; every section is
         checked (RunConfig) before anything is sampled or trained."""
         settings = search_settings(cfg.get("search"))
-        RunConfig.from_composed(cfg)
+        if RunConfig.from_composed(cfg).train.stop_epoch is not None:  # a trial's fidelity is the stage's choice
+            raise PeftdsError("train.stop_epoch cannot be set for a whole search: its trials train search.epochs")
         tasks = search_tasks(settings)
         sections = {k: plain(cfg.get(k)) for k in REGIME_SECTIONS}
         launcher = (cfg.get("hydra") or {}).get("launcher") or {}  # only two scalars: no need to resolve it all
