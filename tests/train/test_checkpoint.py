@@ -177,3 +177,25 @@ def test_minilm_sst2_one_then_three_epochs_equals_three_epochs(tmp_path, data_di
     cont = train(tmp_path / "cont", *real)
     assert [e["score"] for e in cont["epochs"]] == [e["score"] for e in direct["epochs"]]
     assert outcome(tmp_path / "cont") == outcome(tmp_path / "direct")
+
+
+def test_a_killed_run_continues_from_its_last_periodic_checkpoint(tmp_path, uninterrupted):
+    """SIGKILL (no chance to save) in the middle of epoch 2 with train.checkpoint_steps=10: the rerun loses
+    only the steps since the last periodic checkpoint and still ends with the uninterrupted result."""
+    run_dir = tmp_path / "run"
+    argv = [PEFTDS, "train", *TINY, *LONGER, "train.checkpoint_steps=10", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # a periodic (mid-epoch) checkpoint of epoch 2
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is not None and checkpoint_state(ckpt)["global_step"] in (60, 70, 80):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert json.loads((run_dir / RESULT_FILE).read_text())["status"] == "running"  # killed: no record update
+    step = checkpoint_state(latest_checkpoint(run_dir))["global_step"]
+    assert step % 10 == 0 and 50 < step < 100
+    rec = train(run_dir, *LONGER, "train.checkpoint_steps=10")
+    assert rec["status"] == "ok" and rec["resumed_from"]["step"] == step
+    assert outcome(run_dir) == outcome(uninterrupted)
