@@ -74,7 +74,7 @@ def checkpoint_state(checkpoint: Path) -> dict[str, Any]:
     """A checkpoint's peftds bookkeeping (peftds_state.json)."""
     state = read_json(Path(checkpoint) / CHECKPOINT_STATE)
     if state is None:
-        raise PeftdsError(f"checkpoint {checkpoint} has no readable {CHECKPOINT_STATE}")
+        raise PeftdsError(f"checkpoint {checkpoint} has no readable {CHECKPOINT_STATE}: train.resume=false starts over")
     return state
 
 

@@ -23,7 +23,7 @@ from peftds.data.loading import choose_source, encode, load_splits, references
 from peftds.data.metrics import compute_metrics
 from peftds.design.apply import build, save_trained
 from peftds.errors import PeftdsError
-from peftds.files import DESIGN_DIR, PREDICTIONS_FILE, git_commit, versions
+from peftds.files import DESIGN_DIR, PREDICTIONS_FILE, RESULT_FILE, git_commit, read_json, versions
 from peftds.model.backbones import hf_config, is_seq2seq
 from peftds.run_config import RunConfig
 from peftds.train.checkpoint import (
@@ -88,6 +88,9 @@ def train_job(run: RunConfig, run_dir: Path | None = None, pass_on_signal: bool 
     start = time.time()
     run_dir = Path(run_dir or hydra_run_dir() or run.train.output_dir or "outputs/train/manual")
     resume = resume_checkpoint(run, run_dir)
+    done = read_json(run_dir / RESULT_FILE) if resume is not None and run.train.stop_epoch else None
+    if done and done.get("status") == "ok" and (done.get("epochs_trained") or 0) >= run.train.stop_epoch:
+        return done  # already trained past this epoch (a lower fidelity asked again): nothing to do
     rec = RunRecord(
         run_dir,
         task=run.task.name if run.task else None,

@@ -61,8 +61,11 @@ def test_stop_after_epoch_one_then_continue_equals_the_direct_run(tmp_path):
     assert finished_result(tmp_path / "cont", epochs=1) is not None  # fidelity 1 is there ...
     assert finished_result(tmp_path / "cont") is None  # ... the whole schedule is not: a search continues it
     assert part["epochs"] == direct["epochs"][:1]
+    two = train(tmp_path / "cont", "train.epochs=3", "train.stop_epoch=2")
+    assert two["epochs_trained"] == 2 and two["resumed_from"]["epoch"] == 1.0
+    assert train(tmp_path / "cont", "train.epochs=3", "train.stop_epoch=1") == two  # already there: nothing to do
     full = train(tmp_path / "cont", "train.epochs=3")
-    assert full["status"] == "ok" and full["complete"] and full["resumed_from"]["epoch"] == 1.0
+    assert full["status"] == "ok" and full["complete"] and full["resumed_from"]["epoch"] == 2.0
     assert full["steps"] == direct["steps"] == 24
     assert outcome(tmp_path / "cont") == outcome(tmp_path / "direct")  # bit for bit
     assert not (tmp_path / "cont" / CHECKPOINTS_DIR).exists()  # done and keep_checkpoint=false: deleted
