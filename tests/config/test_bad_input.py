@@ -147,6 +147,10 @@ CASES = [
     (["train", "model=tiny_llama", "design=lora", "design.hparams.lora.targets=[q,ffn]"], "lora.targets"),
     (["search", *SEARCH, "search.tasks=[]"], "search.tasks is empty"),
     (["train", "model=tiny_bert", "design=spindle_t5base", "task=sst2"], "design 'spindle_t5base'"),
+    (["train", "train.epochs=3", "train.stop_epoch=4"], "train.stop_epoch"),
+    (["train", "train.stop_epoch=1", "train.max_steps=5"], "train.stop_epoch"),
+    (["train", "train.checkpoint_steps=-1"], "train.checkpoint_steps"),
+    (["search", *SEARCH, "train.max_steps=-1", "train.stop_epoch=1"], "train.stop_epoch"),
 ]
 
 # Real bad input the code does not (yet) turn into exit 2 + one line before any model loads:
