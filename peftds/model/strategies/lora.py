@@ -4,11 +4,13 @@
 ``nn.Linear`` weight (kaiming-uniform, a=sqrt(5)) and ``B`` (d_out x r) zero, so the model's outputs
 are unchanged before training. Cost r * (d_in + d_out) per adapted matrix.
 
-``gated`` (UniPELT, default false): the update is multiplied by a learned gate computed from the
-LoRA input, ``base(x) + g(x) · (x A^T B^T) · alpha / r`` with ``g(x) = sigmoid(x W_g^T + b_g)`` one
-scalar per token (:class:`~peftds.model.strategies.gating.Gate`, ``Linear(d_in, 1)``). One gate per
-adapted matrix, reading that matrix's own input (for cross-attention k/v: the encoder output); the
-gate reads ``x`` before LoRA dropout. Cost per matrix grows by d_in + 1. Identity at init still holds.
+``gated`` (UniPELT, default false): a learned gate computed from the LoRA input takes the place of
+``alpha / r``, as in UniPELT's reference code (Mao et al., ACL 2022, whose gated LoRA layer sets its
+scaling to the gate): ``base(x) + g(x) · (dropout(x) A^T B^T)`` with ``g(x) = sigmoid(x W_g^T + b_g)``
+one scalar per token (:class:`~peftds.model.strategies.gating.Gate`, ``Linear(d_in, 1)``); ``alpha``
+has no effect on a gated update. One gate per adapted matrix, reading that matrix's own input (for
+cross-attention k/v: the encoder output); the gate reads ``x`` before LoRA dropout. Cost per matrix
+grows by d_in + 1. Identity at init still holds.
 
 The projection at ``(parent, attr)`` is replaced by :class:`LoRALinear`, which keeps the original
 ``nn.Linear`` as its child ``base_layer`` (stable state-dict names, and what
@@ -75,7 +77,7 @@ def innermost_linear(module: nn.Module) -> nn.Module:
 
 
 class LoRALinear(LinearWrapper):
-    """``base_layer(x) + dropout(x) @ lora_A^T @ lora_B^T * scaling``."""
+    """``base_layer(x) + dropout(x) @ lora_A^T @ lora_B^T * scaling`` (gated: the gate is the scaling)."""
 
     def __init__(self, base_layer: nn.Module, rank: int, alpha: float, dropout: float = 0.0, gated: bool = False):
         super().__init__(base_layer)
@@ -97,20 +99,19 @@ class LoRALinear(LinearWrapper):
         if z.dtype != self.lora_A.dtype and not torch.is_autocast_enabled(z.device.type):
             z = z.to(self.lora_A.dtype)
         z = F.linear(F.linear(z, self.lora_A), self.lora_B)
-        if self.lora_gate is not None:
-            z = z * self.lora_gate(x)
-        return out + (z * self.scaling).to(out.dtype)
+        z = z * self.lora_gate(x) if self.lora_gate is not None else z * self.scaling
+        return out + z.to(out.dtype)
 
     def extra_repr(self) -> str:
-        return f"rank={self.rank}, scaling={self.scaling:g}"
+        return f"rank={self.rank}, scaling={'gate' if self.lora_gate is not None else f'{self.scaling:g}'}"
 
 
 @dataclass(frozen=True)
 class LoRAConfig(Section):
     targets: list[str] | str = setting(["q", "v"], "attention projections to adapt: any of q, k, v, o (or 'q,v')")
-    alpha: int | float = setting(16, "scaling numerator: the update is scaled by alpha / r", gt=0.0)
+    alpha: int | float = setting(16, "update scale numerator: alpha / r (a gated update: its gate instead)", gt=0.0)
     dropout: float = setting(0.0, "dropout on the LoRA input", ge=0.0, lt=1.0)
-    gated: bool = setting(False, "UniPELT gate: scale the update by sigmoid(Linear(d_in, 1)(LoRA input))")
+    gated: bool = setting(False, "UniPELT gate: sigmoid(Linear(d_in, 1)(LoRA input)) scales the update, not alpha/r")
 
     def check(self, where: str) -> None:
         names = [s.strip() for s in self.targets.split(",")] if isinstance(self.targets, str) else self.targets
