@@ -102,6 +102,13 @@ class LoRALinear(LinearWrapper):
         z = z * self.lora_gate(x) if self.lora_gate is not None else z * self.scaling
         return out + z.to(out.dtype)
 
+    def delta_weight(self) -> torch.Tensor:
+        """``scaling · B A``: what folding this update into the base weight adds (ungated LoRA only; a gated
+        update depends on the input, so it has no weight of its own)."""
+        if self.lora_gate is not None:
+            raise PeftdsError("a gated LoRA update depends on its input: it cannot be folded into a weight")
+        return (self.lora_B @ self.lora_A) * self.scaling
+
     def extra_repr(self) -> str:
         return f"rank={self.rank}, scaling={'gate' if self.lora_gate is not None else f'{self.scaling:g}'}"
 

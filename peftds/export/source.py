@@ -1,0 +1,99 @@
+"""What an export reads: a trained run (its design dir and, where present, its result.json) rebuilt as a model.
+
+Both formats and the model card work from a :class:`TrainedRun`: the trained model exactly as
+`peftds.design.apply.load_trained` rebuilds it, the run record, and per strategy the layers that hold it
+(what a refusal names).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from peftds.design.apply import Built, load_trained
+from peftds.errors import PeftdsError
+from peftds.files import DESIGN_DIR, PLAN_FILE, RESULT_FILE
+from peftds.model.strategies.lora import LoRALinear
+
+WRAPPED = ".base_layer"  # what every peftds wrapper adds to the names of the Linear it wraps
+
+
+@dataclass
+class TrainedRun:
+    run_dir: Path
+    design_dir: Path
+    built: Built
+    record: dict[str, Any] = field(default_factory=dict)  # result.json ({} for a bare design dir)
+
+    @property
+    def num_labels(self) -> int | None:
+        return getattr(self.built.model.config, "num_labels", None) if not self.built.backbone.seq2seq else None
+
+    def layers_with(self, strategy: str, gated: bool | None = None) -> list[int]:
+        """The stack positions whose plan holds `strategy` (with `gated`: only where its gate is on/off)."""
+        plan = self.built.plan
+        if gated is not None and bool(plan.hparams.get(strategy, {}).get("gated", False)) != gated:
+            return []
+        return [lp.index for lp in plan.layers if strategy in lp.modules]
+
+    def lora_modules(self) -> dict[str, LoRALinear]:
+        """The LoRA-wrapped projections by module name (the name of the Linear they replaced)."""
+        return {n: m for n, m in self.built.model.named_modules() if isinstance(m, LoRALinear)}
+
+    def trained_tensors(self) -> dict[str, torch.Tensor]:
+        """Every trained tensor outside LoRA (biases, the task head, a full fine-tune's weights), under the
+        name the plain transformers model gives it."""
+        return {
+            plain_name(n): p.detach()
+            for n, p in self.built.model.named_parameters()
+            if p.requires_grad and ".lora_" not in n
+        }
+
+
+def plain_name(name: str) -> str:
+    """A parameter's name in the unwrapped model (``q.base_layer.bias`` -> ``q.bias``)."""
+    return name.replace(WRAPPED + ".", ".")
+
+
+def layer_ranges(indices: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5' (how a refusal names layers)."""
+    parts: list[str] = []
+    start = prev = None
+    for i in [*sorted(indices), None]:
+        if start is not None and (i is None or i != prev + 1):
+            parts.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = None
+        if i is not None and start is None:
+            start = i
+        prev = i
+    return ", ".join(parts)
+
+
+def load_run(path: str | Path) -> TrainedRun:
+    """A run dir (holding design/) or a design dir itself; one-line errors for anything else."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise PeftdsError(f"run dir not found: {path}")
+    if (path / DESIGN_DIR / PLAN_FILE).is_file():
+        run_dir, design_dir = path, path / DESIGN_DIR
+    elif (path / PLAN_FILE).is_file():
+        run_dir, design_dir = path.parent, path
+    else:
+        raise PeftdsError(
+            f"{path} holds no trained design (no {DESIGN_DIR}/{PLAN_FILE}: train with train.save_params=true)"
+        )
+    record: dict[str, Any] = {}
+    if (run_dir / RESULT_FILE).is_file():
+        try:
+            record = json.loads((run_dir / RESULT_FILE).read_text())
+        except json.JSONDecodeError as e:
+            raise PeftdsError(f"{run_dir / RESULT_FILE} is not valid JSON ({e.msg})") from None
+        if record.get("status") not in (None, "ok"):
+            raise PeftdsError(f"{run_dir} did not finish training (status {record.get('status')}): nothing to export")
+    built = load_trained(design_dir)
+    built.model.eval()
+    return TrainedRun(run_dir, design_dir, built, record)

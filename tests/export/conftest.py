@@ -1,0 +1,188 @@
+"""Round trips of both export formats for every supported family, driven by one table (FAMILIES).
+
+A family's row names its model (conf/model/<name>) and whether its plain checkpoint has a place for
+BitFit's biases. For each row a LoRA design with two different ranks (q, k, v, o) and a LoRA + BitFit
+design are built, every trained tensor set to random values, and saved as a run; the LoRA run is exported
+with format=peft, the LoRA + BitFit run (LoRA alone where BitFit cannot merge) with format=merged. One
+subprocess that cannot import peftds (tests/export/load_without_peftds.py) loads every export with peft or
+plain transformers and writes its logits; the tests compare them with peftds' own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+HERE = Path(__file__).resolve().parent
+LOADER = HERE / "load_without_peftds.py"
+
+
+@dataclass(frozen=True)
+class FamilyCase:
+    model: str  # conf/model/<name>
+    bitfit_merges: bool = True  # False: its Linears have no bias, so BitFit's added biases cannot be merged
+
+
+# Every family the project supports; a new family adds its row here.
+FAMILIES = (
+    FamilyCase("tiny_t5", bitfit_merges=False),
+    FamilyCase("tiny_bart"),
+    FamilyCase("tiny_bert"),
+    FamilyCase("tiny_roberta"),
+    FamilyCase("minilm_l6"),
+)
+
+LORA_RANKS = {
+    "name": "lora_ranks",
+    "grouping": {"groups": 2, "pattern": "increasing"},
+    "tuned": "all",
+    "allocation": "increasing",  # two groups, two budgets per layer: two different ranks
+    "strategies": [["lora"], ["lora"]],
+    "hparams": {"lora": {"targets": ["q", "k", "v", "o"], "alpha": 16}},
+}
+LORA_BITFIT = {**LORA_RANKS, "name": "lora_bitfit", "strategies": [["bitfit", "lora"], ["lora"]]}
+
+
+def perturb(model: torch.nn.Module, seed: int = 3) -> None:
+    """Every trainable tensor to random values (LoRA B away from zero, biases, head)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+def model_inputs(seq2seq: bool) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 2000, (2, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0  # a padded row
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if seq2seq:
+        inputs["decoder_input_ids"] = torch.randint(1000, 2000, (2, 5), generator=g)
+    return inputs
+
+
+def make_run(root: Path, model: str, design: dict[str, Any]) -> Path:
+    """A run dir holding a trained design (random trained values) and no result.json."""
+    from peftds.config.compose import compose
+    from peftds.design.apply import build, save_trained
+    from peftds.model.backbones import is_seq2seq
+    from peftds.run_config import RunConfig
+
+    run = RunConfig.from_composed(compose([f"model={model}"]))
+    built = build(run.model, design, run.budget.fraction, num_labels=None if is_seq2seq(run.model) else 2, seed=1)
+    perturb(built.model)
+    run_dir = root / f"{model}-{design['name']}"
+    save_trained(built, run_dir / "design")
+    return run_dir
+
+
+def base_dir(root: Path, run_dir: Path) -> str:
+    """Where the subprocess finds the base model: the pretrained folder, or a random init saved once."""
+    from peftds.export.source import load_run
+    from peftds.model.backbones import build_model, resolve_path
+
+    run = load_run(run_dir)
+    plan = run.built.plan
+    if plan.model.get("pretrained") and plan.model.get("name_or_path"):
+        return resolve_path(plan.model["name_or_path"])
+    folder = root / f"base-{plan.model['name']}"
+    build_model(plan.model, num_labels=run.num_labels).save_pretrained(folder)
+    return str(folder)
+
+
+def run_without_peftds(jobs: list[dict[str, Any]], root: Path) -> dict[str, Any]:
+    (root / "jobs.json").write_text(json.dumps(jobs))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, "-I", str(LOADER), str(root / "jobs.json"), str(root / "report.json")],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((root / "report.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def round_trips(tmp_path_factory) -> dict[str, Any]:
+    """{(model, format): {"diff": max |logits - peftds logits| in float64 (the same weights, computed exactly
+    enough to see only what the export changed), "diff32": the same in float32, "noise32": peftds' own float32
+    error (its float32 vs float64 logits), "moved": how far the design moves the base model's logits,
+    "expected_ranks", "loaded"}} plus "report" (the subprocess's own report)."""
+    from safetensors.torch import load_file, save_file
+
+    from peftds.config.sections import ExportConfig
+    from peftds.export.card import auto_class
+    from peftds.export.cli import export
+    from peftds.export.source import load_run
+    from peftds.model.backbones import build_model
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("roundtrips")
+    jobs, expected = [], {}
+    for case in FAMILIES:
+        for fmt, design in (("peft", LORA_RANKS), ("merged", LORA_BITFIT if case.bitfit_merges else LORA_RANKS)):
+            run_dir = make_run(root, case.model, design)
+            run = load_run(run_dir)
+            seq2seq = run.built.backbone.seq2seq
+            inputs = model_inputs(seq2seq)
+            with torch.no_grad():
+                ours = {"float32": run.built.model(**inputs).logits}
+                plain = build_model(run.built.plan.model, num_labels=run.num_labels).eval()(**inputs).logits
+                ours["float64"] = load_run(run_dir).built.model.double()(**inputs).logits
+            name = f"{case.model}-{fmt}"
+            save_file(inputs, str(root / f"{name}-inputs.safetensors"))
+            ranks = {n: m.rank for n, m in run.lora_modules().items()}
+            auto = auto_class(run.built.model)
+            out = root / name
+            export(run, ExportConfig(format=fmt, out=str(out)))
+            jobs.append(
+                {
+                    "name": name,
+                    "format": fmt,
+                    "path": str(out),
+                    "base": base_dir(root, run_dir),
+                    "auto": auto,
+                    "num_labels": run.num_labels,
+                    "inputs": str(root / f"{name}-inputs.safetensors"),
+                    "logits": str(root / f"{name}-logits.safetensors"),
+                }
+            )
+            moved = (ours["float32"] - plain).abs().max().item()
+            noise = (ours["float32"].double() - ours["float64"]).abs().max().item()
+            expected[(case.model, fmt)] = {"ours": ours, "moved": moved, "noise": noise, "ranks": ranks}
+    report = run_without_peftds(jobs, root)
+    results: dict[Any, Any] = {"report": report}
+    for (model, fmt), exp in expected.items():
+        name = f"{model}-{fmt}"
+        theirs = load_file(str(root / f"{name}-logits.safetensors"))
+        results[(model, fmt)] = {
+            "diff": (theirs["float64"] - exp["ours"]["float64"]).abs().max().item(),
+            "diff32": (theirs["float32"] - exp["ours"]["float32"]).abs().max().item(),
+            "noise32": exp["noise"],
+            "moved": exp["moved"],
+            "expected_ranks": exp["ranks"],
+            "loaded": report["jobs"][name],
+        }
+    for (m, f), r in _pairs(results):
+        print(
+            f"round trip {m}/{f}: float64 {r['diff']:.2e}, float32 {r['diff32']:.2e} (peftds' own float32 error {r['noise32']:.2e})"
+        )
+    return results
+
+
+def _pairs(results: dict[Any, Any]) -> list[tuple[tuple[str, str], dict[str, Any]]]:
+    return [(k, v) for k, v in results.items() if isinstance(k, tuple)]
