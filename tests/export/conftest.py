@@ -178,9 +178,8 @@ def round_trips(tmp_path_factory) -> dict[str, Any]:
             "loaded": report["jobs"][name],
         }
     for (m, f), r in _pairs(results):
-        print(
-            f"round trip {m}/{f}: float64 {r['diff']:.2e}, float32 {r['diff32']:.2e} (peftds' own float32 error {r['noise32']:.2e})"
-        )
+        own = f"peftds' own float32 error {r['noise32']:.2e}"
+        print(f"round trip {m}/{f}: float64 {r['diff']:.2e}, float32 {r['diff32']:.2e} ({own})")
     return results
 
 
