@@ -14,7 +14,7 @@ from peftds.files import versions
 from peftds.model.strategies import get_strategy
 
 CARD_FILE = "README.md"
-TRAIN_KEYS = ("epochs", "lr", "batch_size", "grad_accum", "scheduler", "warmup_ratio", "weight_decay")
+TRAIN_KEYS = ("epochs", "max_steps", "lr", "batch_size", "grad_accum", "scheduler", "warmup_ratio", "weight_decay")
 LOADERS = {
     "peft": (
         "from peft import PeftModel\nfrom transformers import {auto}\n\n"
@@ -30,6 +30,13 @@ def hub_base_model(model_cfg: dict[str, Any]) -> str | None:
     if not model_cfg.get("pretrained", True) or not name or name.startswith(("pkg:", "/", ".", "~")):
         return None
     return str(name)
+
+
+def random_init(model_cfg: dict[str, Any]) -> str:
+    if model_cfg.get("pretrained", True) and model_cfg.get("name_or_path"):
+        return ""
+    arch, shape, seed = model_cfg.get("arch"), model_cfg.get("shape"), model_cfg.get("init_seed")
+    return f", a random init of `{arch}` with shape {shape}, seed {seed}"
 
 
 def auto_class(model: Any) -> str:
@@ -115,7 +122,7 @@ def model_card(run: TrainedRun, fmt: str) -> str:
     model_name = plan.model.get("name", "model")
     rep = report(run.built, model_name)
     title = f"{plan.design} on {rec.get('task') or 'its task'} ({model_name})"
-    base = hub_base_model(plan.model) or plan.model.get("name_or_path") or f"a random-init {plan.model.get('arch')}"
+    base = hub_base_model(plan.model) or plan.model.get("name_or_path") or "<base model folder>"
     auto = auto_class(model)
     labels = f", num_labels={run.num_labels}" if run.num_labels else ""
     body = [
@@ -126,7 +133,7 @@ def model_card(run: TrainedRun, fmt: str) -> str:
         f"# {title}",
         "",
         f"A design trained with peftds and exported as `format={fmt}`. Base model: `{base}`"
-        + ("" if hub_base_model(plan.model) else f" (peftds model `{model_name}`)")
+        + ("" if hub_base_model(plan.model) else f" (peftds model `{model_name}`{random_init(plan.model)})")
         + ".",
         "",
         "## Design",
@@ -152,7 +159,7 @@ def model_card(run: TrainedRun, fmt: str) -> str:
     train = config.get("train") or {}
     if rec:
         body += [f"- task: {rec.get('task')}, seed {rec.get('seed')}, {rec.get('train_examples')} training examples"]
-        body += [f"- {k}: {train[k]}" for k in TRAIN_KEYS if k in train]
+        body += [f"- {k}: {train[k]}" for k in TRAIN_KEYS if k in train and train[k] != -1]
         best = rec.get("best") or {}
         if "score" in rec:
             body += [

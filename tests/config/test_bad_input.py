@@ -142,6 +142,13 @@ CASES = [
     (["compare", "hydra.sweep.dir={tmp}/x"], "compare.dir"),
     (["compare", "compare.seeds=[]"], "compare.seeds"),
     (["report", "{tmp}", "bootstrap=abc"], "bootstrap"),
+    (["export"], "name one run dir"),
+    (["export", "/no/such/run", "out={tmp}/x"], "/no/such/run"),
+    (["export", "{tmp}", "format=onnx", "out={tmp}/x"], "export.format"),
+    (["export", "{tmp}", "format=peft"], "export.out"),
+    (["export", "{tmp}", "out={tmp}/x", "overwrite=maybe"], "export.overwrite"),
+    (["export", "{tmp}", "out={tmp}/x", "rank=8"], "rank"),
+    (["export", "{tmp}", "out={tmp}/x"], "holds no trained design"),
 ]
 
 # Real bad input the code does not (yet) turn into exit 2 + one line before any model loads:
