@@ -8,6 +8,25 @@ from typing import Any
 from peftds.config.schema import Section, setting
 from peftds.errors import PeftdsError
 
+# The transformers model types peftds.model.backbones knows (a test keeps the two lists equal; the
+# config cannot import the model package, which imports it).
+MODEL_TYPES = (
+    "t5",
+    "mt5",
+    "bart",
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "gpt2",
+)
+
 
 @dataclass(frozen=True)
 class BudgetConfig(Section):
@@ -22,7 +41,7 @@ class ModelConfig(Section):
     name_or_path: str | None = setting(None, "hub id, local folder or pkg:<module> of the pretrained model")
     pretrained: bool = setting(True, "load pretrained weights (false: random init from arch + shape)")
     tokenizer: str | None = setting(None, "tokenizer hub id/folder/pkg:<module> (null: the model's own)")
-    arch: str | None = setting(None, "transformers model type", choices=("t5", "bart", "bert", "roberta"))
+    arch: str | None = setting(None, "transformers model type", choices=MODEL_TYPES)
     shape: dict[str, Any] = setting({}, "config kwargs of a random-init build (d_model, num_layers, ...)")
     init_seed: int = setting(0, "seed of a random-init build")
     batch_size: int = setting(32, "default training batch size for this model (train.batch_size)", ge=1)

@@ -4,6 +4,19 @@ A :class:`Backbone` wraps a built HF model and exposes its *stack* (SPEC §2): t
 forward data order (encoder blocks, then decoder blocks), and for every block its attention sites,
 feed-forward sublayer, linear layers and norm layers under family-independent names. Everything
 else in peftds (strategies, budget, inspect, training) works on these descriptions only.
+
+Decoder-only LLMs (Llama, Mistral, Qwen2, Qwen3, Gemma 2/3, Phi-3, GPT-2) are built as
+sequence-classification models (a ``score`` head on the last non-padding token); their stack is the
+decoder's blocks. Projections fused in one module (Phi-3 ``qkv_proj`` / ``gate_up_proj``, GPT-2
+``c_attn``) are described per generic name with an output slice (``AttentionSite.slices``,
+``Layer.mlp_slices``), so q, k and v (gate and up) stay separate LoRA targets. GPT-2's ``Conv1D``
+(weight stored ``[in, out]``) is read through :func:`linear_dims`.
+
+Backbone size (the budget's reference): every parameter of the model as built except the task head,
+shared tensors counted once. Sequence-classification models have no LM head, so tied input/output
+embeddings (GPT-2, Gemma, SmolLM2, Qwen2.5 small sizes) count once as the input embedding, and an
+untied LM head (Llama-3.1-8B, Mistral-7B, Qwen2.5-7B) does not count: it is not part of the network
+that is fine-tuned for classification.
 """
 
 from __future__ import annotations
@@ -30,14 +43,18 @@ class AttentionSite:
 
     ``module`` is the HF module whose forward calls the transformers attention interface (it holds
     ``config`` and is passed as first argument to the attention function). ``projections`` maps the
-    generic names q/k/v/o to ``(parent, attribute)`` so strategies can read or replace the Linear.
+    generic names q/k/v/o to ``(parent, attribute)`` so strategies can read or replace the Linear;
+    ``slices`` gives ``(start, stop)`` output columns for names that share a fused module.
+    ``kv_heads`` is the number of key/value heads (fewer than the query heads under grouped-query
+    attention): the heads a prefix gets.
     """
 
     kind: str  # "self" | "cross"
     module: nn.Module
-    num_heads: int
+    kv_heads: int
     head_dim: int
     projections: dict[str, tuple[nn.Module, str]]
+    slices: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def linear(self, name: str) -> nn.Module:
         parent, attr = self.projections[name]
@@ -59,6 +76,9 @@ class Layer:
     attn_out: list[tuple[nn.Module, str]]
     linears: list[tuple[nn.Module, str]] = field(default_factory=list)  # every backbone Linear in the block
     norms: list[nn.Module] = field(default_factory=list)  # every norm layer in the block
+    # the feed-forward projections under generic names (gate, up, down), fused ones with output slices
+    mlp: dict[str, tuple[nn.Module, str]] = field(default_factory=dict)
+    mlp_slices: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def module_at(self, where: tuple[nn.Module, str]) -> nn.Module:
         return getattr(where[0], where[1])
@@ -70,13 +90,23 @@ class Family:
     model_types: tuple[str, ...]
     seq2seq: bool
     head_prefixes: tuple[str, ...]  # parameter-name prefixes of the task head (trained, counted apart)
+    decoder_only: bool = False  # a causal LM (classification head on the last non-padding token)
 
 
+_SCORE = ("score.",)
 FAMILIES = {
     "t5": Family("t5", ("t5", "mt5"), True, ()),
     "bart": Family("bart", ("bart",), True, ()),
     "bert": Family("bert", ("bert",), False, ("bert.pooler.", "classifier.")),
     "roberta": Family("roberta", ("roberta", "xlm-roberta"), False, ("classifier.",)),
+    "llama": Family("llama", ("llama",), False, _SCORE, True),
+    "mistral": Family("mistral", ("mistral",), False, _SCORE, True),
+    "qwen2": Family("qwen2", ("qwen2",), False, _SCORE, True),
+    "qwen3": Family("qwen3", ("qwen3",), False, _SCORE, True),
+    "gemma2": Family("gemma2", ("gemma2",), False, _SCORE, True),
+    "gemma3": Family("gemma3", ("gemma3_text",), False, _SCORE, True),
+    "phi3": Family("phi3", ("phi3",), False, _SCORE, True),
+    "gpt2": Family("gpt2", ("gpt2",), False, _SCORE, True),
 }
 
 
@@ -105,7 +135,9 @@ def _t5_layers(model: nn.Module) -> list[Layer]:
             lins = [(a.module, n) for a in attns for n in ("q", "k", "v", "o")]
             lins += [(ff, n) for n, m in ff.named_children() if isinstance(m, nn.Linear)]
             norms = [s.layer_norm for s in subs]
-            layers.append(Layer(len(layers), stack_name, block, cfg.d_model, attns, (ff, "wo"), outs, lins, norms))
+            ffn = {"gate": (ff, "wi_0"), "up": (ff, "wi_1")} if hasattr(ff, "wi_0") else {"up": (ff, "wi")}
+            ffn["down"] = (ff, "wo")
+            layers.append(Layer(len(layers), stack_name, block, cfg.d_model, attns, (ff, "wo"), outs, lins, norms, ffn))
     return layers
 
 
@@ -125,7 +157,10 @@ def _bart_layers(model: nn.Module) -> list[Layer]:
             lins = [p for a in attns for p in a.projections.values()] + [(block, "fc1"), (block, "fc2")]
             norms = [m for m in block.children() if isinstance(m, nn.LayerNorm)]
             outs = [a.projections["o"] for a in attns]
-            layers.append(Layer(len(layers), stack_name, block, cfg.d_model, attns, (block, "fc2"), outs, lins, norms))
+            ffn = {"up": (block, "fc1"), "down": (block, "fc2")}
+            layers.append(
+                Layer(len(layers), stack_name, block, cfg.d_model, attns, (block, "fc2"), outs, lins, norms, ffn)
+            )
     return layers
 
 
@@ -138,15 +173,119 @@ def _bert_layers(model: nn.Module) -> list[Layer]:
         site = AttentionSite("self", att, cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads, proj)
         lins = [*list(proj.values()), (block.intermediate, "dense"), (block.output, "dense")]
         norms = [block.attention.output.LayerNorm, block.output.LayerNorm]
+        ffn = {"up": (block.intermediate, "dense"), "down": (block.output, "dense")}
         layers.append(
             Layer(
-                len(layers), ENCODER, block, cfg.hidden_size, [site], (block.output, "dense"), [proj["o"]], lins, norms
+                len(layers),
+                ENCODER,
+                block,
+                cfg.hidden_size,
+                [site],
+                (block.output, "dense"),
+                [proj["o"]],
+                lins,
+                norms,
+                ffn,
             )
         )
     return layers
 
 
-_LAYER_BUILDERS = {"t5": _t5_layers, "bart": _bart_layers, "bert": _bert_layers, "roberta": _bert_layers}
+def linear_dims(module: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of an ``nn.Linear`` or of GPT-2's ``Conv1D`` (weight ``[in, out]``)."""
+    if isinstance(module, nn.Linear) or hasattr(module, "in_features"):
+        return int(module.in_features), int(module.out_features)
+    if hasattr(module, "nf") and hasattr(module, "nx"):
+        return int(module.nx), int(module.nf)
+    raise PeftdsError(f"{type(module).__name__} is not a linear layer")
+
+
+def _norms_of(block: nn.Module) -> list[nn.Module]:
+    """Every norm layer inside a block (LayerNorm, RMSNorm variants; Qwen3's q/k norms included)."""
+    return [m for m in block.modules() if isinstance(m, nn.LayerNorm) or type(m).__name__.endswith("RMSNorm")]
+
+
+def _split(widths: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """Consecutive output slices of a fused projection, in the order given."""
+    out, start = {}, 0
+    for name, width in widths.items():
+        out[name] = (start, start + width)
+        start += width
+    return out
+
+
+def _decoder_layers(model: nn.Module) -> list[Layer]:
+    """Llama-style blocks: ``self_attn`` (q/k/v/o or fused ``qkv_proj``) and ``mlp`` (gate/up/down or
+    fused ``gate_up_proj``); Llama, Mistral, Qwen2, Qwen3, Gemma 2/3, Phi-3."""
+    cfg = model.config
+    layers: list[Layer] = []
+    for block in model.base_model.layers:
+        att, mlp = block.self_attn, block.mlp
+        heads, kv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, att.head_dim
+        if hasattr(att, "qkv_proj"):
+            proj = {n: (att, "qkv_proj") for n in ("q", "k", "v")}
+            slices = _split({"q": heads * hd, "k": kv * hd, "v": kv * hd})
+            lins = [(att, "qkv_proj"), (att, "o_proj")]
+        else:
+            proj = {n: (att, f"{n}_proj") for n in ("q", "k", "v")}
+            slices = {}
+            lins = [(att, f"{n}_proj") for n in ("q", "k", "v", "o")]
+        proj["o"] = (att, "o_proj")
+        if hasattr(mlp, "gate_up_proj"):
+            ffn = {"gate": (mlp, "gate_up_proj"), "up": (mlp, "gate_up_proj")}
+            ffn_slices = _split({"gate": cfg.intermediate_size, "up": cfg.intermediate_size})
+            lins += [(mlp, "gate_up_proj"), (mlp, "down_proj")]
+        else:
+            ffn = {"gate": (mlp, "gate_proj"), "up": (mlp, "up_proj")}
+            ffn_slices = {}
+            lins += [(mlp, "gate_proj"), (mlp, "up_proj"), (mlp, "down_proj")]
+        ffn["down"] = (mlp, "down_proj")
+        site = AttentionSite("self", att, kv, hd, proj, slices)
+        layers.append(
+            Layer(
+                len(layers),
+                DECODER,
+                block,
+                cfg.hidden_size,
+                [site],
+                (mlp, "down_proj"),
+                [(att, "o_proj")],
+                lins,
+                _norms_of(block),
+                ffn,
+                ffn_slices,
+            )
+        )
+    return layers
+
+
+def _gpt2_layers(model: nn.Module) -> list[Layer]:
+    """GPT-2 blocks: fused ``attn.c_attn`` (q, k, v each d wide), ``attn.c_proj``, ``mlp.c_fc`` / ``c_proj``."""
+    cfg = model.config
+    layers: list[Layer] = []
+    for block in model.base_model.h:
+        att, mlp = block.attn, block.mlp
+        d = cfg.n_embd
+        proj = {"q": (att, "c_attn"), "k": (att, "c_attn"), "v": (att, "c_attn"), "o": (att, "c_proj")}
+        site = AttentionSite("self", att, att.num_heads, att.head_dim, proj, _split({"q": d, "k": d, "v": d}))
+        lins = [(att, "c_attn"), (att, "c_proj"), (mlp, "c_fc"), (mlp, "c_proj")]
+        ffn = {"up": (mlp, "c_fc"), "down": (mlp, "c_proj")}
+        layers.append(
+            Layer(
+                len(layers), DECODER, block, d, [site], (mlp, "c_proj"), [(att, "c_proj")], lins, _norms_of(block), ffn
+            )
+        )
+    return layers
+
+
+_LAYER_BUILDERS = {
+    "t5": _t5_layers,
+    "bart": _bart_layers,
+    "bert": _bert_layers,
+    "roberta": _bert_layers,
+    "gpt2": _gpt2_layers,
+    **{name: _decoder_layers for name in ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3")},
+}
 
 
 class Backbone:
@@ -166,6 +305,10 @@ class Backbone:
     def __len__(self) -> int:
         return len(self.layers)
 
+    @property
+    def decoder_only(self) -> bool:
+        return self.family.decoder_only
+
     def is_head(self, param_name: str) -> bool:
         return any(param_name.startswith(p) for p in self.family.head_prefixes)
 
@@ -179,6 +322,13 @@ class Backbone:
 
     def head_params(self) -> int:
         return sum(p.numel() for _, p in self.head_parameters())
+
+
+def align_pad_token(model: nn.Module, pad_token_id: int) -> None:
+    """A decoder-only classifier reads the last token that is not ``config.pad_token_id``: make that the
+    tokenizer's pad id (pretrained LLM configs often have none; the tokenizer falls back to eos)."""
+    if family_of(model.config.model_type).decoder_only:
+        model.config.pad_token_id = int(pad_token_id)
 
 
 def count_trainable(model: nn.Module, backbone: Backbone) -> tuple[int, int]:

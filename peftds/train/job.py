@@ -22,7 +22,7 @@ from peftds.data.metrics import compute_metrics
 from peftds.design.apply import build, save_trained
 from peftds.errors import PeftdsError
 from peftds.files import DESIGN_DIR, PREDICTIONS_FILE, git_commit, versions
-from peftds.model.backbones import hf_config, is_seq2seq
+from peftds.model.backbones import align_pad_token, hf_config, is_seq2seq
 from peftds.run_config import RunConfig
 from peftds.train.evaluation import predict
 from peftds.train.record import RunRecord, peak_memory_mb, summary_line, write_predictions
@@ -113,7 +113,8 @@ def _train(run: RunConfig, run_dir: Path, rec: RunRecord, start: float) -> None:
     num_labels = None if seq2seq else task.num_labels
     built = build(run.model, run.design_config, run.budget.fraction, num_labels=num_labels, seed=seed)
     model, plan = built.model, built.plan
-    if seq2seq and model.config.vocab_size < len(tokenizer):
+    align_pad_token(model, tokenizer.pad_token_id)
+    if (seq2seq or built.backbone.decoder_only) and model.config.vocab_size < len(tokenizer):
         raise PeftdsError(f"model vocab ({model.config.vocab_size}) is smaller than the tokenizer ({len(tokenizer)})")
     rec.update(
         model=run.model.name,

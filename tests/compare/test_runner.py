@@ -69,3 +69,16 @@ def test_one_tiny_real_run(data_dir, tmp_path):
     (row,) = rows(tmp_path / "c" / "runs.csv")
     assert row["status"] == "ok" and float(row["trainable_pct"]) > 0
     assert (tmp_path / "c" / "runs" / row["run_id"] / "predictions.jsonl").is_file()
+
+
+@pytest.mark.slow
+def test_tiny_llama_compare_run(data_dir, tmp_path):
+    """The paper's baselines on a decoder-only LLM, trained for real: one row per design."""
+    args = ["model=tiny_llama", f"data.dir={data_dir}", f"compare.dir={tmp_path / 'c'}",
+            "compare.designs=[lora,pa,spindle]", "compare.tasks=[sst2]", "compare.seeds=[1]",
+            "data.max_train_samples=32", "data.max_eval_samples=32", "train.epochs=1", "compare.threads=1"]  # fmt: skip
+    assert run_compare(args, echo=quiet) == 0
+    table = rows(tmp_path / "c" / "runs.csv")
+    assert {r["design"] for r in table} == {"lora", "pa", "spindle"}
+    assert all(r["status"] == "ok" and 0 < float(r["trainable_pct"]) <= 2.0 for r in table)
+    assert (tmp_path / "c" / "table.md").is_file()

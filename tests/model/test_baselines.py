@@ -368,7 +368,7 @@ def test_gated_prefix_attention_by_hand(attn):
     logits(built.model, batch)
     x = seen["x"]
     bsz, n, _ = x.shape
-    h, dk = site.num_heads, site.head_dim
+    h, dk = site.kv_heads, site.head_dim
     with torch.no_grad():
 
         def heads(t):

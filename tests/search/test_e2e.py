@@ -134,3 +134,21 @@ def test_killed_search_resumes_without_repeating_or_losing_trials(tmp_path, data
         assert (sdir / "trials" / tid / "result.json").read_bytes() == content
     run2 = (tmp_path / "run2.log").read_text()
     assert f"{len(before)} done, {4 - len(before)} to run" in run2 or "recorded" in run2
+
+
+def test_tiny_llama_stage_end_to_end(tmp_path, data_dir):
+    """A decoder-only LLM through a real search stage: sampled designs train and are scored on held-out."""
+    chain = tmp_path / "llama.yaml"
+    chain.write_text(
+        "name: llama\nchain:\n"
+        "  - {name: strategy_g1, dimension: strategies, group: 1, options: {L: [lora], AP: [adapter, prefix]}}\n"
+    )
+    space = tmp_path / "space.yaml"
+    space.write_text("name: start\ngroups: 4\ntuned: all\n")
+    args = ["model=tiny_llama", "search=tiny", f"data.dir={data_dir}", f"search.dir={tmp_path / 's'}"]
+    assert run_search([*args, f"stage={chain}", f"space={space}"], echo=lambda *a: None) == 0
+    table = rows(tmp_path / "s" / "strategy_g1" / "trials.csv")
+    assert len(table) == 2 and {r["status"] for r in table} == {"ok"}
+    for r in table:
+        assert 0 <= float(r["score"]) <= 100 and int(r["trainable_params"]) <= int(r["budget_params"])
+    assert (tmp_path / "s" / "best_design.yaml").is_file()

@@ -47,10 +47,9 @@ from torch import nn
 
 from peftds.config.schema import Section, convert, setting
 from peftds.errors import PeftdsError
-from peftds.model.backbones import Backbone, Layer
-from peftds.model.strategies.base import LayerShape, Strategy
+from peftds.model.backbones import Backbone, Layer, linear_dims
+from peftds.model.strategies.base import LayerShape, LinearWrapper, Strategy, innermost_linear
 from peftds.model.strategies.gating import Gate, gate_cost
-from peftds.model.strategies.lora import LinearWrapper, innermost_linear
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "silu": F.silu}
 PLACEMENTS = ("ffn", "attn", "both")
@@ -178,7 +177,7 @@ class Adapter(Strategy):
             adapter = Bottleneck(layer.d_model, size, activation, w.device, w.dtype, scale=c.scale, gated=c.gated)
             wrapped = AdapterWrapped(mod, adapter, variant)
             if source is not None:
-                src_in = innermost_linear(source).in_features
+                src_in = linear_dims(innermost_linear(source))[0]
                 if src_in != layer.d_model:
                     raise PeftdsError(f"layer {layer.index}: parallel adapter input has width {src_in}, not d_model")
                 source.register_forward_pre_hook(wrapped.capture)

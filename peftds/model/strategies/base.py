@@ -10,19 +10,63 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+from torch import nn
+
 from peftds.config.schema import Section, convert
-from peftds.model.backbones import Backbone, Layer
+from peftds.model.backbones import Backbone, Layer, linear_dims
 
 
 @dataclass(frozen=True)
 class AttnShape:
     kind: str  # "self" | "cross"
-    num_heads: int
+    kv_heads: int  # key/value heads (the heads a prefix gets)
     head_dim: int
-    proj_dims: Mapping[str, tuple[int, int]]  # q/k/v/o -> (in_features, out_features)
+    proj_dims: Mapping[str, tuple[int, int]]  # q/k/v/o -> (in_features, out_features of its slice)
+
+
+class LinearWrapper(nn.Module):
+    """Base of peftds wrappers around a Linear: the wrapped module is the child ``base_layer``."""
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__()
+        self.base_layer = base_layer
+
+    @property
+    def linear(self) -> nn.Module:
+        """The innermost ``nn.Linear`` (through any stack of peftds wrappers)."""
+        return innermost_linear(self.base_layer)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.linear.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.linear.bias
+
+    @property
+    def in_features(self) -> int:
+        return linear_dims(self.linear)[0]
+
+    @property
+    def out_features(self) -> int:
+        return linear_dims(self.linear)[1]
+
+
+def innermost_linear(module: nn.Module) -> nn.Module:
+    """Follow ``base_layer`` links down to the original Linear."""
+    while isinstance(module, LinearWrapper):
+        module = module.base_layer
+    return module
+
+
+def _dims(where: tuple[nn.Module, str], window: tuple[int, int] | None) -> tuple[int, int]:
+    d_in, d_out = linear_dims(innermost_linear(getattr(*where)))
+    return d_in, (window[1] - window[0]) if window else d_out
 
 
 @dataclass(frozen=True)
@@ -35,24 +79,21 @@ class LayerShape:
     attentions: tuple[AttnShape, ...]
     linears: tuple[tuple[int, bool], ...]  # (out_features, has_bias) of every backbone Linear in the block
     norm_biases: tuple[int, ...]  # size of each norm layer's bias (norms without bias omitted)
+    mlp_dims: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # gate/up/down -> (in, out)
 
     @classmethod
     def of(cls, layer: Layer) -> LayerShape:
         attns = []
         for site in layer.attentions:
-            dims = {}
-            for name in site.projections:
-                lin = site.linear(name)
-                base = getattr(lin, "base_layer", lin)  # a LoRA-wrapped projection keeps its base Linear
-                dims[name] = (base.in_features, base.out_features)
-            attns.append(AttnShape(site.kind, site.num_heads, site.head_dim, dims))
+            dims = {name: _dims(where, site.slices.get(name)) for name, where in site.projections.items()}
+            attns.append(AttnShape(site.kind, site.kv_heads, site.head_dim, dims))
         lins = []
         for where in layer.linears:
-            lin = layer.module_at(where)
-            base = getattr(lin, "base_layer", lin)
-            lins.append((base.out_features, base.bias is not None))
+            base = innermost_linear(layer.module_at(where))
+            lins.append((linear_dims(base)[1], base.bias is not None))
         norm_biases = tuple(n.bias.numel() for n in layer.norms if getattr(n, "bias", None) is not None)
-        return cls(layer.index, layer.stack, layer.d_model, tuple(attns), tuple(lins), norm_biases)
+        mlp = {name: _dims(where, layer.mlp_slices.get(name)) for name, where in layer.mlp.items()}
+        return cls(layer.index, layer.stack, layer.d_model, tuple(attns), tuple(lins), norm_biases, mlp)
 
 
 class Strategy(ABC):

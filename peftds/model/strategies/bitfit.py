@@ -17,9 +17,8 @@ import torch
 from torch import nn
 
 from peftds.config.schema import Section
-from peftds.model.backbones import Backbone, Layer
-from peftds.model.strategies.base import LayerShape, Strategy
-from peftds.model.strategies.lora import innermost_linear
+from peftds.model.backbones import Backbone, Layer, linear_dims
+from peftds.model.strategies.base import LayerShape, Strategy, innermost_linear
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class BitFit(Strategy):
             seen.add(id(lin))
             if lin.bias is None:
                 w = lin.weight
-                lin.bias = nn.Parameter(torch.zeros(lin.out_features, device=w.device, dtype=w.dtype))
+                lin.bias = nn.Parameter(torch.zeros(linear_dims(lin)[1], device=w.device, dtype=w.dtype))
             lin.bias.requires_grad_(True)
         for norm in layer.norms:
             bias = getattr(norm, "bias", None)

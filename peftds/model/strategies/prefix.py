@@ -66,10 +66,9 @@ from torch import nn
 
 from peftds.config.schema import Section, setting
 from peftds.errors import PeftdsError
-from peftds.model.backbones import Backbone, Layer
-from peftds.model.strategies.base import LayerShape, Strategy
+from peftds.model.backbones import Backbone, Layer, linear_dims
+from peftds.model.strategies.base import LayerShape, Strategy, innermost_linear
 from peftds.model.strategies.gating import Gate, gate_cost
-from peftds.model.strategies.lora import innermost_linear
 
 WRAPPED = {"sdpa": "peftds_sdpa", "eager": "peftds_eager"}
 PREFIX_ATTR = "peftds_prefix"
@@ -337,7 +336,7 @@ class Prefix(Strategy):
     config = PrefixConfig
 
     def cost(self, shape: LayerShape, size: int, hp: Mapping[str, Any]) -> int:
-        kv = sum(2 * a.num_heads * a.head_dim for a in shape.attentions)
+        kv = sum(2 * a.kv_heads * a.head_dim for a in shape.attentions)
         gates = sum(gate_cost(a.proj_dims["q"][0]) for a in shape.attentions) if hp.get("gated", False) else 0
         if not hp["reparam"]:
             return size * kv + gates
@@ -359,18 +358,18 @@ class Prefix(Strategy):
         if hp.get("gated", False):
             for site in layer.attentions:
                 q = innermost_linear(site.linear("q"))
-                gate = Gate(q.in_features, device=w.device, dtype=w.dtype)
+                gate = Gate(linear_dims(q)[0], device=w.device, dtype=w.dtype)
                 site.module.add_module(GATE_ATTR, gate)
                 q.register_forward_pre_hook(gate.capture)
         if not hp["reparam"]:
             for site in layer.attentions:
-                prefix = PrefixKV(site.num_heads, size, site.head_dim, float(hp["init_std"]), w.device, w.dtype)
+                prefix = PrefixKV(site.kv_heads, size, site.head_dim, float(hp["init_std"]), w.device, w.dtype)
                 site.module.add_module(PREFIX_ATTR, prefix)
             return
-        out = sum(2 * s.num_heads * s.head_dim for s in layer.attentions)
+        out = sum(2 * s.kv_heads * s.head_dim for s in layer.attentions)
         encoder = PrefixEncoder(size, layer.d_model, int(hp["reparam_hidden"]), out, w.device, w.dtype)
         layer.block.add_module(ENCODER_ATTR, encoder)
         offset = 0
         for site in layer.attentions:
-            site.module.add_module(PREFIX_ATTR, PrefixSlice(encoder, offset, site.num_heads, site.head_dim))
-            offset += 2 * site.num_heads * site.head_dim
+            site.module.add_module(PREFIX_ATTR, PrefixSlice(encoder, offset, site.kv_heads, site.head_dim))
+            offset += 2 * site.kv_heads * site.head_dim

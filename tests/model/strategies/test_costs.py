@@ -93,7 +93,7 @@ def test_per_layer_sizes_give_those_shapes(family):
             q = site.linear("q")
             assert isinstance(q, LoRALinear) and q.lora_A.shape[0] == s and q.lora_B.shape[1] == s
             pk, pv = getattr(site.module, PREFIX_ATTR)()
-            assert pk.shape == pv.shape == (site.num_heads, s, site.head_dim)
+            assert pk.shape == pv.shape == (site.kv_heads, s, site.head_dim)
     for layer in bb.layers[2:]:  # untouched layers
         assert not isinstance(layer.module_at(layer.ffn_out), AdapterWrapped)
         assert all(PREFIX_ATTR not in s.module._modules for s in layer.attentions)

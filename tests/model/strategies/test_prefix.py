@@ -44,7 +44,7 @@ def _t5_bias(model, layer, q_len, k_len):
 def _by_hand(model, family, rec, key_mask):
     """softmax(q·[Pk;K]^T·scale + [0;bias] + [0;mask]) [Pv;V] for one site."""
     site, layer = rec["site"], rec["layer"]
-    h, d = site.num_heads, site.head_dim
+    h, d = site.kv_heads, site.head_dim
     q, k, v = rec["q"], rec["k"], rec["v"]
     bsz, sq, sk = q.shape[0], q.shape[1], k.shape[1]
     q = q.view(bsz, sq, h, d).transpose(1, 2)
