@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from peftds.errors import PeftdsError
 from peftds.export.source import TrainedRun, layer_ranges
@@ -48,9 +49,11 @@ def fold_lora(run: TrainedRun) -> int:
     model = run.built.model
     loras = run.lora_modules()
     with torch.no_grad():
-        for name, lora in loras.items():
-            base = lora.base_layer
-            base.weight += lora.delta_weight().to(base.weight.dtype)
+        for name, chain in loras.items():
+            base = chain[-1].base_layer
+            delta = sum(lora.delta_weight() for lora in chain)  # (d_out, d_in); windows never overlap
+            # GPT-2's Conv1D keeps its weight as [in, out]
+            base.weight += (delta if isinstance(base, nn.Linear) else delta.T).to(base.weight.dtype)
             parent_name, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, attr, base)
     return len(loras)

@@ -19,7 +19,8 @@ import torch
 
 from peftds.errors import PeftdsError
 from peftds.export.source import TrainedRun, layer_ranges
-from peftds.model.backbones import build_model
+from peftds.model.backbones import build_model, linear_dims
+from peftds.model.strategies.lora import LoRALinear
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -75,7 +76,7 @@ def check_peft(run: TrainedRun) -> str:
     trained = {n for n in run.trained_tensors() if n.endswith("bias") and not backbone.is_head(n)}
     base = build_model(plan.model, num_labels=run.num_labels, device="meta")
     all_biases = {n for n, _ in base.named_parameters() if "bias" in n and not backbone.is_head(n)}
-    lora_biases = {f"{n}.bias" for n, m in run.lora_modules().items() if m.bias is not None}
+    lora_biases = {f"{n}.bias" for n, chain in run.lora_modules().items() if chain[0].bias is not None}
     mode = peft_bias_mode(trained, all_biases, lora_biases)
     if mode is None:
         bitfit = layer_ranges(run.layers_with("bitfit"))
@@ -94,10 +95,11 @@ def peft_config(run: TrainedRun, bias: str, base_model: str | None) -> Any:
     from peft import LoraConfig
 
     loras = run.lora_modules()
-    ranks = {n: m.rank for n, m in loras.items()}
+    ranks = {n: sum(m.rank for m in chain) for n, chain in loras.items()}
     common = Counter(ranks.values()).most_common(1)[0][0]
     others = {n: r for n, r in sorted(ranks.items()) if r != common}
     hp = run.built.plan.hparams.get("lora", {})
+    conv1d = any(not isinstance(chain[-1].base_layer, torch.nn.Linear) for chain in loras.values())
     return LoraConfig(
         r=common,
         lora_alpha=common,
@@ -106,10 +108,26 @@ def peft_config(run: TrainedRun, bias: str, base_model: str | None) -> Any:
         target_modules=sorted(loras),
         lora_dropout=float(hp.get("dropout", 0.0)),
         bias=bias,
+        fan_in_fan_out=conv1d,  # GPT-2's Conv1D stores its weight as [in, out]
         modules_to_save=head_modules(run) or None,
         task_type=task_type(run.built.model, run.built.backbone.seq2seq),
         base_model_name_or_path=base_model,
     )
+
+
+def stacked_lora(chain: list[LoRALinear]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One peft LoRA (A, B with scaling 1) equal to a chain of peftds LoRAs on one projection: the A's
+    stacked, each B scaled by its alpha/r and placed on its own output window and its own rank columns (a
+    fused projection's q and v are one LoRA of rank r_q + r_v whose B is block-structured)."""
+    a = torch.cat([lora.lora_A for lora in chain])
+    d_out = linear_dims(chain[-1].base_layer)[1]
+    b = a.new_zeros(d_out, a.shape[0])
+    col = 0
+    for lora in chain:
+        rows = slice(*lora.window) if lora.window is not None else slice(None)
+        b[rows, col : col + lora.rank] = lora.lora_B * lora.scaling
+        col += lora.rank
+    return a, b
 
 
 def write_peft(run: TrainedRun, out: Path, base_model: str | None) -> dict[str, Any]:
@@ -128,15 +146,16 @@ def write_peft(run: TrainedRun, out: Path, base_model: str | None) -> dict[str, 
     inner = peft_model.get_base_model()
     ranks = {}
     with torch.no_grad():
-        for name, lora in run.lora_modules().items():
+        for name, chain in run.lora_modules().items():
+            a, b = stacked_lora(chain)
             target = inner.get_submodule(name)
-            if target.r["default"] != lora.rank or target.scaling["default"] != 1.0:
+            if target.r["default"] != a.shape[0] or target.scaling["default"] != 1.0:
                 raise PeftdsError(
                     f"internal error: peft built {name} with rank {target.r['default']} and scaling "
-                    f"{target.scaling['default']} (wanted rank {lora.rank}, scaling 1)"
+                    f"{target.scaling['default']} (wanted rank {a.shape[0]}, scaling 1)"
                 )
-            target.lora_A["default"].weight.copy_(lora.lora_A)
-            target.lora_B["default"].weight.copy_(lora.lora_B * lora.scaling)
-            ranks[name] = lora.rank
+            target.lora_A["default"].weight.copy_(a)
+            target.lora_B["default"].weight.copy_(b)
+            ranks[name] = a.shape[0]
     peft_model.save_pretrained(str(out))
     return {"bias": bias, "ranks": ranks, "modules_to_save": config.modules_to_save or []}

@@ -8,6 +8,7 @@ Both formats and the model card work from a :class:`TrainedRun`: the trained mod
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,18 @@ class TrainedRun:
             return []
         return [lp.index for lp in plan.layers if strategy in lp.modules]
 
-    def lora_modules(self) -> dict[str, LoRALinear]:
-        """The LoRA-wrapped projections by module name (the name of the Linear they replaced)."""
-        return {n: m for n, m in self.built.model.named_modules() if isinstance(m, LoRALinear)}
+    def lora_modules(self) -> dict[str, list[LoRALinear]]:
+        """The LoRA-wrapped projections by module name (the name of the Linear they replaced), each with its
+        chain of LoRAs from the outside in: one, or one per target sharing a fused projection (each on its
+        own output window)."""
+        chains: dict[str, list[LoRALinear]] = {}
+        for name, module in self.built.model.named_modules():
+            if isinstance(module, LoRALinear) and not name.endswith(WRAPPED):
+                chain = [module]
+                while isinstance(chain[-1].base_layer, LoRALinear):
+                    chain.append(chain[-1].base_layer)
+                chains[name] = chain
+        return chains
 
     def trained_tensors(self) -> dict[str, torch.Tensor]:
         """Every trained tensor outside LoRA (biases, the task head, a full fine-tune's weights), under the
@@ -56,7 +66,7 @@ class TrainedRun:
 
 def plain_name(name: str) -> str:
     """A parameter's name in the unwrapped model (``q.base_layer.bias`` -> ``q.bias``)."""
-    return name.replace(WRAPPED + ".", ".")
+    return re.sub(rf"({re.escape(WRAPPED)})+\.", ".", name)
 
 
 def layer_ranges(indices: list[int]) -> str:

@@ -44,10 +44,10 @@ REFUSALS = [
     ),
     ("unipelt", "merged", "format=merged cannot hold adapter (layers 0-5), prefix (layers 0-5), UniPELT LoRA gates"),
     ("gated_lora", "merged", "format=merged cannot hold UniPELT LoRA gates (layers 0-5)"),
-    ("lora_bitfit", "peft", "format=peft cannot hold BitFit on layers 0"),
+    ("lora_bitfit", "peft", "format=peft cannot hold BitFit on layers 3-5: peft trains every bias"),
     ("bitfit", "peft", "format=peft holds LoRA, and design 'bitfit' has none: format=merged holds it"),
     ("full", "peft", "format=peft holds a LoRA adapter, not a full fine-tune: format=merged holds it"),
-    ("t5_bitfit", "merged", "format=merged: a plain t5 checkpoint has no encoder.block.0.layer.0.SelfAttention.k.bias"),
+    ("t5_bitfit", "merged", "format=merged: a plain t5 checkpoint has no decoder.block.0.layer.0.SelfAttention.k.bias"),
 ]
 
 
