@@ -149,6 +149,8 @@ CASES = [
     (["export", "{tmp}", "out={tmp}/x", "overwrite=maybe"], "export.overwrite"),
     (["export", "{tmp}", "out={tmp}/x", "rank=8"], "rank"),
     (["export", "{tmp}", "out={tmp}/x"], "holds no trained design"),
+    (["inspect", "design={tmp}/nope.json"], "nope.json"),
+    (["inspect", "+design.fixed_sizes={lora: [1, -1]}"], "fixed_sizes sets every layer itself"),
 ]
 
 # Real bad input the code does not (yet) turn into exit 2 + one line before any model loads:
