@@ -19,6 +19,15 @@
 #   CPU dry run of this script (checks it end to end in ~1 minute, tiny_t5 instead of T5-base):
 #          GPU_BENCH_DRY=1 bash scripts/gpu_bench.sh
 #
+# Llama-3.1-8B shape (a separate run, so the T5 plan above keeps its time):
+#          run(command="bash scripts/gpu_bench.sh llama", carry=[".whl"], timeout_s=420)
+#      times one decoder-only step on conf/model/llama3_8b.yaml with model.pretrained=false (random init, bf16
+#      autocast, sequence classification, batch 16 x 256 tokens): design spindle vs peft LoRA (q,v) at the same
+#      0.5% budget vs the frozen floor. LLAMA_LAYERS (8) keeps the first 8 of the 32 blocks (every block has
+#      the 8B's exact shape; 32 would need ~4 x 30 GB of fp32 copies, one per variant); ratios are per-block
+#      dominated. Planned under 5 minutes. CPU dry run: GPU_BENCH_DRY=1 bash scripts/gpu_bench.sh llama
+#      (tiny_llama). Not yet run on a GPU.
+#
 # Environment knobs: STEPS (20), COMPILE_SRC (32), DESIGNS ("lora,adapter,prefix"), COMPILE_VARIANTS ("design"),
 # BUDGET (330 s for all benches), PYTHON (python3).
 # Known (2026-11-27): with the current prefix strategy a compiled prefix design recompiles on every step (its
@@ -56,6 +65,7 @@ else
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
+MODE="${1:-t5}"
 STEPS="${STEPS:-20}"
 COMPILE_SRC="${COMPILE_SRC:-32}"
 DESIGNS="${DESIGNS:-lora,adapter,prefix}"
@@ -93,6 +103,22 @@ bench() {  # bench <limit_s> <name> overrides...  (the limit is cut to what is l
     echo "== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$LOG"
     return "$rc"
 }
+
+if [[ "$MODE" == "llama" ]]; then
+    LLAMA_LAYERS="${LLAMA_LAYERS:-8}"
+    LLAMA=(model=llama3_8b model.pretrained=false "model.shape.num_hidden_layers=$LLAMA_LAYERS" bench=gpu
+           bench.batch_size=16 bench.source_len=256 "bench.steps=$STEPS" "bench.variants=[design,peft_lora,floor]")
+    LIMIT_C=300
+    if [[ -n "${GPU_BENCH_DRY:-}" ]]; then
+        LLAMA=(model=tiny_llama bench.batch_size=4 bench.source_len=32 bench.steps=2 bench.warmup=1
+               "bench.variants=[design,peft_lora,floor]")
+        BUDGET=800
+    fi
+    bench "$LIMIT_C" gpu_bench_llama "${LLAMA[@]}" design=spindle
+    rc=$?
+    [[ -f "$OUTDIR/gpu_bench_llama.json" ]] && "$PY" -m peftds.bench.tables "$OUTDIR/gpu_bench_llama.json" 2>&1 | tee -a "$LOG"
+    exit "$rc"
+fi
 
 # A. every design against the baselines, source 128 (one process: the baselines are measured once).
 #    If a design fails to build or run there, each design is retried with the baselines alone.

@@ -19,15 +19,9 @@ from peftds.config.sections import BenchConfig
 from peftds.design.apply import apply_plan, freeze, resolve
 from peftds.design.budget import budget_params
 from peftds.errors import PeftdsError
-from peftds.model.backbones import Backbone, build_model, count_trainable
+from peftds.model.backbones import Backbone, build_model, count_trainable, linear_dims
+from peftds.model.strategies.base import innermost_linear
 from peftds.run_config import RunConfig
-
-PEFT_TARGETS = {
-    "t5": ["q", "v"],
-    "bart": ["q_proj", "v_proj"],
-    "bert": ["query", "value"],
-    "roberta": ["query", "value"],
-}
 
 
 def first_norm(backbone: Backbone) -> tuple[str, nn.Module]:
@@ -42,17 +36,20 @@ def first_norm(backbone: Backbone) -> tuple[str, nn.Module]:
 
 
 def peft_lora_plan(backbone: Backbone, budget: int) -> dict[str, Any]:
-    """HF peft LoRA on q and v of every attention module: the largest rank whose count fits ``budget``."""
-    targets = PEFT_TARGETS.get(backbone.family.name)
-    if not targets:
-        raise PeftdsError(f"no peft LoRA targets known for family '{backbone.family.name}'")
-    per_rank = 0
+    """HF peft LoRA on q and v of every attention module: the largest rank whose count fits ``budget``.
+
+    peft targets modules by name: the family's own attribute names of the q and v projections (one
+    fused module where q and v share one, Phi-3 ``qkv_proj`` / GPT-2 ``c_attn``, adapted whole)."""
+    targets: list[str] = []
+    modules: dict[int, nn.Module] = {}
     for layer in backbone.layers:
         for site in layer.attentions:
             for t in ("q", "v"):
-                lin = site.linear(t)
-                lin = getattr(lin, "base_layer", lin)
-                per_rank += lin.in_features + lin.out_features
+                parent, attr = site.projections[t]
+                targets += [] if attr in targets else [attr]
+                lin = innermost_linear(getattr(parent, attr))
+                modules[id(lin)] = lin
+    per_rank = sum(sum(linear_dims(lin)) for lin in modules.values())
     rank = int(budget // per_rank) if per_rank else 0
     return {
         "targets": targets,

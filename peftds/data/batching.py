@@ -149,6 +149,8 @@ class Collator:
     With ``buckets`` the source is padded to the smallest bucket that fits and text-to-text targets
     to ``target_buckets`` (default: the next power of two), so the set of batch shapes stays small.
     Padding a target with -100 changes no loss (the decoder is causal and -100 is ignored).
+    ``causal``: labels run along the inputs (a causal LM's prompt + target), so they are padded to the
+    source length.
     """
 
     MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels")
@@ -159,9 +161,11 @@ class Collator:
         seq2seq: bool,
         buckets: Sequence[int] | None = None,
         target_buckets: Sequence[int] | None = None,
+        causal: bool = False,
     ):
         self.pad_id = pad_id
         self.seq2seq = seq2seq
+        self.causal = causal
         self.buckets = sorted(int(b) for b in (buckets or []))
         self.target_buckets = sorted(int(b) for b in (target_buckets or []))
 
@@ -180,7 +184,7 @@ class Collator:
         if "labels" in rows[0]:
             first = rows[0]["labels"]
             if isinstance(first, (list, tuple)):
-                tgt_len = self.target_length(max(len(r["labels"]) for r in rows))
+                tgt_len = src_len if self.causal else self.target_length(max(len(r["labels"]) for r in rows))
                 batch["labels"] = torch.tensor(
                     [list(r["labels"]) + [-100] * (tgt_len - len(r["labels"])) for r in rows]
                 )

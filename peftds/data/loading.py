@@ -281,12 +281,12 @@ def references(task: Any, split_ds: Any) -> list[Any]:
 def prepare_tokenizer(tokenizer: Any, kind: str) -> Any:
     """Make sure ``tokenizer`` has what ``kind`` needs (in place; returned for chaining).
 
-    seq2seq: an eos token (reuses [SEP] for BERT-style vocabularies, else adds ``</s>`` — then the
-    model's embeddings must be resized) and a pad token (eos if none). encoder: a pad token.
+    seq2seq and causal: an eos token (reuses [SEP] for BERT-style vocabularies, else adds ``</s>`` —
+    then the model's embeddings must be resized) and a pad token (eos if none). encoder: a pad token.
     """
-    if kind not in ("encoder", "seq2seq"):
-        raise PeftdsError(f"unknown model kind '{kind}' (encoder or seq2seq)")
-    if kind == "seq2seq" and tokenizer.eos_token is None:
+    if kind not in KINDS:
+        raise PeftdsError(f"unknown model kind '{kind}' ({', '.join(KINDS)})")
+    if kind in ("seq2seq", "causal") and tokenizer.eos_token is None:
         if tokenizer.sep_token is not None:
             tokenizer.eos_token = tokenizer.sep_token
         else:
@@ -298,6 +298,11 @@ def prepare_tokenizer(tokenizer: Any, kind: str) -> Any:
         else:
             tokenizer.pad_token = fallback
     return tokenizer
+
+
+# How a model reads a task: a classification/regression head (encoder-only and decoder-only classifiers),
+# text-to-text (T5, BART), or a causal LM continuing a prompt (decoder-only LLMs on generation tasks).
+KINDS = ("encoder", "seq2seq", "causal")
 
 
 def _target_prefix(tokenizer: Any) -> list[int]:
@@ -355,14 +360,17 @@ def encode(
     max_source_len: int | None = None,
     max_target_len: int | None = None,
 ) -> Any:
-    """Tokenise one split for a model ``kind`` ('encoder' or 'seq2seq').
+    """Tokenise one split for a model ``kind`` ('encoder', 'seq2seq' or 'causal').
 
     Output columns (raw columns are dropped): ``input_ids``, ``attention_mask``, ``length`` (source
     token count) and ``labels``:
       encoder  -> class index (int) or score (float, regression); input columns as (text, text_pair);
                   ``token_type_ids`` too when the tokenizer makes them (BERT);
       seq2seq  -> eos-terminated target ids (label word / rounded score "3.4" / target text), plus
-                  ``label_index`` (classification, int) or ``label_value`` (regression, the raw float).
+                  ``label_index`` (classification, int) or ``label_value`` (regression, the raw float);
+      causal   -> (generation tasks) ``input_ids`` = the prompt (the template, with the tokenizer's own
+                  special tokens) followed by the eos-terminated target; ``labels`` the same ids with
+                  -100 over the prompt (the loss is on the target only); ``prompt_length``.
     Lengths default to the task's ``generation`` settings; sources are truncated to ``max_source_len``,
     targets to ``max_target_len`` (eos kept).
     """
@@ -409,6 +417,24 @@ def encode(
                 out["label_value"] = [float(v) for v in batch[task.label_column]]
             return out
 
+    elif kind == "causal":
+        if task.kind != "generation":
+            raise PeftdsError(f"task '{task.name}': a causal LM takes generation tasks (classification uses its head)")
+
+        def fn(batch: Mapping[str, list[Any]]) -> dict[str, list[Any]]:
+            n = len(batch[cols[0]])
+            rows = [{c: batch[c][i] for c in cols} for i in range(n)]
+            prompts = tokenizer([task.source_text(r) for r in rows], truncation=True, max_length=max_source_len)
+            targets = _targets(tokenizer, [task.target_text(r) for r in rows], max_target_len, [])
+            ids = [p + t for p, t in zip(prompts["input_ids"], targets)]
+            return {
+                "input_ids": ids,
+                "attention_mask": [[1] * len(x) for x in ids],
+                "labels": [[-100] * len(p) + t for p, t in zip(prompts["input_ids"], targets)],
+                "length": [len(x) for x in ids],
+                "prompt_length": [len(p) for p in prompts["input_ids"]],
+            }
+
     else:
-        raise PeftdsError(f"unknown model kind '{kind}' (encoder or seq2seq)")
+        raise PeftdsError(f"unknown model kind '{kind}' ({', '.join(KINDS)})")
     return split_ds.map(fn, batched=True, remove_columns=cols, desc=f"tokenise {task.name}")

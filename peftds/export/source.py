@@ -32,7 +32,9 @@ class TrainedRun:
 
     @property
     def num_labels(self) -> int | None:
-        return getattr(self.built.model.config, "num_labels", None) if not self.built.backbone.seq2seq else None
+        """The classification head's outputs; None for a model without one (text-to-text, causal LM)."""
+        backbone = self.built.backbone
+        return self.built.model.config.num_labels if backbone.head_parameters() else None
 
     def layers_with(self, strategy: str, gated: bool | None = None) -> list[int]:
         """The stack positions whose plan holds `strategy` (with `gated`: only where its gate is on/off)."""

@@ -16,7 +16,8 @@ Backbone size (the budget's reference): every parameter of the model as built ex
 shared tensors counted once. Sequence-classification models have no LM head, so tied input/output
 embeddings (GPT-2, Gemma, SmolLM2, Qwen2.5 small sizes) count once as the input embedding, and an
 untied LM head (Llama-3.1-8B, Mistral-7B, Qwen2.5-7B) does not count: it is not part of the network
-that is fine-tuned for classification.
+that is fine-tuned for classification. On generation tasks the model is a causal LM whose LM head is
+frozen backbone: tied, it is the input embedding (counted once); untied, it counts.
 """
 
 from __future__ import annotations
@@ -343,6 +344,14 @@ def count_trainable(model: nn.Module, backbone: Backbone) -> tuple[int, int]:
     return body, head
 
 
+def is_decoder_only(model_cfg: Any) -> bool:
+    """Whether a model config is a decoder-only LLM: from ``model.arch`` when given, else from its HF config."""
+    model_cfg = convert(ModelConfig, model_cfg)
+    arch = model_cfg.arch
+    model_type = arch if arch else hf_config(model_cfg, allow_fallback=False)[0].model_type
+    return family_of(model_type).decoder_only
+
+
 def model_kind(model_type: str) -> str:
     """'seq2seq' (text-to-text) or 'encoder' (classification/regression head)."""
     return "seq2seq" if family_of(model_type).seq2seq else "encoder"
@@ -401,17 +410,29 @@ def build_model(model_cfg: Any, num_labels: int | None = None, device: str | tor
     model shipped in a pip package); with ``model.pretrained=false`` (or no name) ``model.arch`` (a
     transformers model type) plus ``model.shape`` (config kwargs) builds a random-initialised model
     seeded by ``model.init_seed``. Encoder-only families get a sequence-classification head with
-    ``num_labels`` outputs (1 = regression); seq2seq families are text-to-text LMs. ``device='meta'``
+    ``num_labels`` outputs (1 = regression); seq2seq families are text-to-text LMs; decoder-only families
+    get the classification head when ``num_labels`` is given, else they are causal LMs (generation). ``device='meta'``
     builds shapes only (counting paper-size models without weights).
     """
-    from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
     model_cfg = convert(ModelConfig, model_cfg)
     meta = str(device) == "meta"
     config, pretrained = hf_config(model_cfg, allow_fallback=meta)
     fam = family_of(config.model_type)
-    auto = AutoModelForSeq2SeqLM if fam.seq2seq else AutoModelForSequenceClassification
+    if fam.seq2seq:
+        auto = AutoModelForSeq2SeqLM
+    elif fam.decoder_only and num_labels is None:
+        auto = AutoModelForCausalLM  # generation tasks: the LM head is part of the frozen backbone
+    else:
+        auto = AutoModelForSequenceClassification
     attn = model_cfg.get("attn_implementation") or "sdpa"
+    if getattr(config, "attn_logit_softcapping", None) and attn != "eager":
+        # transformers' sdpa refuses a soft-cap at the first forward: say so before anything is built
+        raise PeftdsError(
+            f"model.attn_implementation={attn}: {config.model_type} soft-caps attention logits, which only "
+            "eager attention applies (use model.attn_implementation=eager)"
+        )
     head = {}
     if not fam.seq2seq and num_labels is not None:
         head = {"num_labels": num_labels, "problem_type": "regression" if num_labels == 1 else None}

@@ -22,7 +22,7 @@ from peftds.data.metrics import compute_metrics
 from peftds.design.apply import build, save_trained
 from peftds.errors import PeftdsError
 from peftds.files import DESIGN_DIR, PREDICTIONS_FILE, git_commit, versions
-from peftds.model.backbones import align_pad_token, hf_config, is_seq2seq
+from peftds.model.backbones import align_pad_token, hf_config, is_decoder_only, is_seq2seq
 from peftds.run_config import RunConfig
 from peftds.train.evaluation import predict
 from peftds.train.record import RunRecord, peak_memory_mb, summary_line, write_predictions
@@ -43,12 +43,13 @@ def hydra_run_dir() -> Path | None:
 
 
 def check_task_fits_model(run: RunConfig) -> None:
-    """A generation task (XSum, WMT) needs a text-to-text model."""
-    if run.task is not None and run.task.kind == "generation" and not is_seq2seq(run.model):
-        raise PeftdsError(
-            f"task '{run.task.name}' needs a text-to-text model; model {run.model.name} ({run.model.arch}) "
-            "is encoder-only"
-        )
+    """A generation task (XSum, WMT) needs a text-to-text model or a decoder-only LM."""
+    if run.task is None or run.task.kind != "generation" or is_seq2seq(run.model) or is_decoder_only(run.model):
+        return
+    raise PeftdsError(
+        f"task '{run.task.name}' needs a text-to-text or decoder-only model; model {run.model.name} "
+        f"({run.model.arch}) is encoder-only"
+    )
 
 
 def train_job(run: RunConfig, run_dir: Path | None = None) -> dict[str, Any]:
@@ -93,12 +94,13 @@ def _train(run: RunConfig, run_dir: Path, rec: RunRecord, start: float) -> None:
         raise PeftdsError("no task selected (task=<name>)")
     check_task_fits_model(run)
     seq2seq = is_seq2seq(run.model)
-    tokenizer = load_tokenizer(run.model, seq2seq)
+    causal = task.kind == "generation" and is_decoder_only(run.model)  # prompt + target, loss on the target
+    tokenizer = load_tokenizer(run.model, seq2seq or causal)
     splits = load_splits(task, run.data)
     eval_split = tc.eval_split
     if eval_split not in splits:
         raise PeftdsError(f"train.eval_split '{eval_split}' is not a split of task '{task.name}' ({list(splits)})")
-    kind = "seq2seq" if seq2seq else "encoder"
+    kind = "seq2seq" if seq2seq else "causal" if causal else "encoder"
     src_len = int(tc.max_source_len or task.max_source_len)
     tgt_len = int(tc.max_target_len or task.max_target_len)
     train_ds = encode(task, tokenizer, splits["train"], kind, src_len, tgt_len)
@@ -110,7 +112,7 @@ def _train(run: RunConfig, run_dir: Path, rec: RunRecord, start: float) -> None:
         evals[name] = (encode(task, tokenizer, raw, kind, src_len, tgt_len), references(task, raw))
     eval_ds, _refs = evals[eval_split]
 
-    num_labels = None if seq2seq else task.num_labels
+    num_labels = None if seq2seq or causal else task.num_labels
     built = build(run.model, run.design_config, run.budget.fraction, num_labels=num_labels, seed=seed)
     model, plan = built.model, built.plan
     align_pad_token(model, tokenizer.pad_token_id)
@@ -143,7 +145,7 @@ def _train(run: RunConfig, run_dir: Path, rec: RunRecord, start: float) -> None:
     def eval_fn(m: torch.nn.Module) -> dict[str, float]:
         metrics, scored = {}, []
         for name, (ds, ys) in evals.items():
-            preds = predict(m, task, ds, tokenizer, seq2seq, int(tc.eval_batch_size))
+            preds = predict(m, task, ds, tokenizer, seq2seq, int(tc.eval_batch_size), causal=causal)
             got = compute_metrics(task, preds, ys)
             metrics.update(got if name == eval_split else {f"{name}_{k}": v for k, v in got.items()})
             if name == eval_split:
@@ -192,6 +194,7 @@ def _train(run: RunConfig, run_dir: Path, rec: RunRecord, start: float) -> None:
             tokenizer.pad_token_id,
             seq2seq,
             tc.get("length_buckets") or (default_buckets(src_len) if tc.get("compile") else None),
+            causal=causal,
         ),
         lengths=train_ds["length"],
         eval_fn=eval_fn,

@@ -216,3 +216,22 @@ def test_bench_eager_vs_compiled(capsys, tmp_path):
     assert math.isclose(
         rec["ratios"]["design_compiled/design"], vs["design_compiled"]["median_ms"] / vs["design"]["median_ms"]
     )
+
+
+def test_bench_tiny_llama(capsys, tmp_path):
+    """peft LoRA on a decoder's q/v by the family's own names (GQA: v is narrower than q)."""
+    rec, printed = run_bench(capsys, tmp_path, "model=tiny_llama", "design=spindle")
+    check_record(rec)
+    assert rec["family"] == "llama" and not rec["seq2seq"] and "design/peft_lora" in printed
+    assert rec["peft_lora"]["targets"] == ["q_proj", "v_proj"]
+    assert rec["peft_lora"]["params_per_rank"] == 8 * ((64 + 64) + (64 + 32))  # 8 layers; q 4x16, v 2x16 wide
+
+
+def test_peft_lora_plan_adapts_a_fused_module_whole(compose_cfg):
+    """GPT-2's q, k, v live in one Conv1D: peft adapts c_attn once per layer (its full 3·d output)."""
+    from peftds.bench.variants import peft_lora_plan
+    from peftds.model.backbones import Backbone, build_model
+
+    bb = Backbone(build_model(compose_cfg("model=tiny_gpt2").model, num_labels=2, device="meta"))
+    plan = peft_lora_plan(bb, 10_000)
+    assert plan["targets"] == ["c_attn"] and plan["params_per_rank"] == 6 * (64 + 3 * 64)

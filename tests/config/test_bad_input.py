@@ -151,6 +151,9 @@ CASES = [
     (["export", "{tmp}", "out={tmp}/x"], "holds no trained design"),
     (["inspect", "design={tmp}/nope.json"], "nope.json"),
     (["inspect", "+design.fixed_sizes={lora: [1, -1]}"], "fixed_sizes sets every layer itself"),
+    (["inspect", "model=tiny_gpt2", "design=lora", "design.hparams.lora.targets=[q,gate]"], "'gate'"),
+    (["inspect", "model=gemma2_9b", "model.attn_implementation=sdpa"], "model.attn_implementation"),
+    (["train", "model=tiny_llama", "design=lora", "design.hparams.lora.targets=[q,ffn]"], "lora.targets"),
 ]
 
 # Real bad input the code does not (yet) turn into exit 2 + one line before any model loads:

@@ -164,3 +164,39 @@ def test_prepare_tokenizer(conf_dir):
     assert len(tok) == before == 30522
     # a BERT-style vocabulary gets no leading [CLS] on targets; just the tokens and eos
     assert D.target_ids(tok, "positive") == tok("positive", add_special_tokens=False)["input_ids"] + [tok.sep_token_id]
+
+
+@pytest.mark.parametrize("name", ["xsum", "wmt16_en_ro"])
+def test_causal_encoding_puts_the_loss_on_the_target_only(name, s2s_tokenizer, data_dir, conf_dir):
+    """A decoder-only LM reads prompt + target; labels are -100 over the prompt, so the causal LM's loss is
+    the mean cross-entropy of the target tokens (checked against a tiny Llama by hand)."""
+    import torch
+    import transformers as tf
+
+    from peftds.data.batching import Collator
+
+    tok = s2s_tokenizer
+    task, raw = rows_of(name, data_dir, conf_dir)
+    enc = D.encode(task, tok, raw, "causal", 24, 6)
+    for r, e in zip(raw, enc):
+        n = e["prompt_length"]
+        prompt = tok(task.source_text(r), truncation=True, max_length=24)["input_ids"]
+        target = [*tok(r[task.label_column], add_special_tokens=False)["input_ids"][:5], tok.eos_token_id]
+        assert e["input_ids"] == prompt + target and n == len(prompt)
+        assert e["labels"] == [-100] * n + target and e["length"] == len(e["input_ids"])
+    rows = [{k: enc[i][k] for k in ("input_ids", "attention_mask", "labels")} for i in range(4)]
+    batch = Collator(tok.pad_token_id, False, causal=True)(rows)
+    assert batch["labels"].shape == batch["input_ids"].shape
+    assert torch.equal(batch["labels"] == -100, (batch["attention_mask"] == 0) | (batch["labels"] == -100))
+    torch.manual_seed(0)
+    cfg = tf.LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, pad_token_id=tok.pad_token_id)  # fmt: skip
+    lm = tf.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        loss = lm(**batch).loss
+        logp = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.log_softmax(-1)
+    nll = [-logp[b, t - 1, batch["labels"][b, t]] for b, t in (batch["labels"] != -100).nonzero().tolist()]
+    assert len(nll) == sum(len(enc[i]["labels"]) - enc[i]["prompt_length"] for i in range(4))
+    torch.testing.assert_close(loss, torch.stack(nll).mean(), atol=1e-5, rtol=1e-5)
+    with pytest.raises(PeftdsError, match="generation tasks"):
+        D.encode(load_task("sst2", conf_dir), tok, rows_of("sst2", data_dir, conf_dir)[1], "causal")

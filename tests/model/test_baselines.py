@@ -1,6 +1,6 @@
 """PEFT baselines as designs: parallel adapter (pa), MAM adapter (mam), UniPELT (unipelt).
 
-Exact counts on the four tiny families, hand-computed forward passes (scale, parallel placement,
+Exact counts on the tiny models (T5, BART, RoBERTa, BERT, Llama), hand-computed forward passes (scale, parallel placement,
 gates), identity at initialisation, exact save/load, and the 0.5% budget on the paper shapes.
 """
 
@@ -27,7 +27,7 @@ from peftds.model.strategies.prefix import GATE_ATTR, PREFIX_ATTR
 from peftds.run_config import RunConfig
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ("tiny_t5", "tiny_bart", "tiny_roberta", "tiny_bert")
+TINY = ("tiny_t5", "tiny_bart", "tiny_roberta", "tiny_bert", "tiny_llama")
 BASELINES = ("pa", "mam", "unipelt")
 SEQ2SEQ = ("tiny_t5", "tiny_bart")
 # The tiny models' own budgets (2%) cannot afford UniPELT's three strategies plus gates in T5's

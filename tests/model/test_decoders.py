@@ -215,7 +215,6 @@ def test_prefix_equals_hand_written_attention(case, attn, monkeypatch):
     records: list = []
     base = "sdpa" if used == WRAPPED["sdpa"] else "eager"
     monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._local_mapping, used, _recording(records, base))
-    worst = 0.0
     for pad in (True, False):
         inputs = batch(case.family, pad=pad, src_len=9)
         records.clear()
@@ -224,7 +223,6 @@ def test_prefix_equals_hand_written_attention(case, attn, monkeypatch):
         assert len(records) == len(bb)
         for rec in records:
             expected = _eager_by_hand(rec, inputs["attention_mask"])
-            worst = max(worst, float((rec["out"] - expected).abs().max()))
             torch.testing.assert_close(rec["out"], expected, atol=1e-5, rtol=0)
     windows = {rec["kwargs"].get("sliding_window") for rec in records}
     assert (windows != {None}) == case.windowed
@@ -316,3 +314,58 @@ def test_config_model_types_are_the_backbones_families():
     from peftds.model.backbones import FAMILIES
 
     assert sorted(MODEL_TYPES) == sorted(t for f in FAMILIES.values() for t in f.model_types)
+
+
+# model config -> (stack length, backbone params, BitFit params per layer): the published shapes on the
+# meta device (offline). BitFit per layer = the output widths of the block's linears (+ norm biases):
+# Llama-3.1-8B q 4096 + k 1024 + v 1024 + o 4096 + gate 14336 + up 14336 + down 4096 = 43,008;
+# Qwen2.5-7B trains its q/k/v biases and adds the rest; GPT-2 has them all, LayerNorm biases included.
+PAPER_SHAPES = {
+    "llama3_8b": (32, 7_504_924_672, 43_008),
+    "qwen2_5_7b": (28, 7_070_619_136, 49_664),
+    "qwen3_8b": (36, 7_568_405_504, 38_912),
+    "mistral_7b": (32, 7_110_660_096, 43_008),
+    "gemma2_9b": (42, 9_241_705_984, 44_032),
+    "phi3_mini": (32, 3_722_578_944, 31_744),
+    "gpt2": (12, 124_439_808, 8_448),
+    "smollm2_135m": (30, 134_515_008, 5_184),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(PAPER_SHAPES))
+def test_paper_shapes_on_the_meta_device(name, compose_cfg):
+    from peftds.design.apply import layer_shapes
+    from peftds.model.backbones import build_model
+    from peftds.model.strategies import get_strategy
+
+    layers, params, bitfit = PAPER_SHAPES[name]
+    bb = Backbone(build_model(compose_cfg(f"model={name}").model, num_labels=2, device="meta"))
+    assert len(bb) == layers and bb.backbone_params() == params
+    assert {get_strategy("bitfit").cost(s, 0, {}) for s in layer_shapes(bb)} == {bitfit}
+
+
+@pytest.mark.parametrize("family", ["phi3", "gpt2"])
+def test_fused_projection_targets_keep_their_own_ranks(family):
+    """q, k and v of a fused projection with ranks 1, 2, 3: each update lands on its own output columns only."""
+    from peftds.model.strategies.base import innermost_linear
+
+    model, bb = frozen(family)
+    site = bb.layers[0].attentions[0]
+    parent, attr = site.projections["q"]
+    mod = getattr(parent, attr)
+    for target, rank in (("q", 1), ("k", 2), ("v", 3)):
+        mod = LoRALinear(mod, rank, 8, window=site.slices[target])
+    setattr(parent, attr, mod)
+    _perturb(model)
+    base = innermost_linear(mod)
+    x = torch.randn(4, 32)
+    expected = base(x).detach().clone()
+    part = mod
+    while isinstance(part, LoRALinear):
+        start, stop = part.window
+        expected[:, start:stop] += x @ part.lora_A.T @ part.lora_B.T * part.scaling
+        part = part.base_layer
+    with torch.no_grad():
+        torch.testing.assert_close(mod(x), expected, atol=1e-6, rtol=0)
+    assert [p.rank for p in mod.modules() if isinstance(p, LoRALinear)] == [3, 2, 1]

@@ -210,3 +210,28 @@ def test_ctrl_c_leaves_an_interrupted_record(tmp_path, data_dir):
     assert proc.returncode != 0
     rec = json.loads(record.read_text())
     assert rec["status"] == "interrupted"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task,metric", [("xsum", "rouge1"), ("wmt16_en_ro", "bleu")])
+def test_tiny_llama_generation_learns_and_scores(tmp_path, data_dir, task, metric):
+    """A decoder-only LM on a generation task: prompt + target, loss on the target, scored by generation."""
+    rec = run(
+        tmp_path,
+        "model=tiny_llama",
+        "design=spindle",
+        f"task={task}",
+        "data.max_train_samples=16",
+        "train.max_steps=30",
+        "train.lr=5e-2",
+        "train.warmup_ratio=0",
+        "train.logging_steps=5",
+        "data.max_eval_samples=8",
+        "train.max_source_len=64",
+        "train.max_target_len=16",
+        "task.generation.num_beams=1",
+    )
+    assert rec["status"] == "ok", rec["error"]
+    losses = [loss for _, loss in rec["loss_history"]]
+    assert losses[-1] < losses[0] - 0.1, losses  # it learns (through a frozen, random 30k-word LM head)
+    assert metric in rec["last"] and rec["last"][metric] >= 0 and rec["eval_examples"] == 8
