@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from peftds.design.inspect import report, table
-from peftds.export.source import TrainedRun
+from peftds.export.source import TrainedRun, auto_class
 from peftds.files import versions
 from peftds.model.strategies import get_strategy
 
@@ -37,18 +37,6 @@ def random_init(model_cfg: dict[str, Any]) -> str:
         return ""
     arch, shape, seed = model_cfg.get("arch"), model_cfg.get("shape"), model_cfg.get("init_seed")
     return f", a random init of `{arch}` with shape {shape}, seed {seed}"
-
-
-def auto_class(model: Any) -> str:
-    name = type(model).__name__
-    for suffix, auto in (
-        ("ForSequenceClassification", "AutoModelForSequenceClassification"),
-        ("ForConditionalGeneration", "AutoModelForSeq2SeqLM"),
-        ("ForCausalLM", "AutoModelForCausalLM"),
-    ):
-        if name.endswith(suffix):
-            return auto
-    return "AutoModel"
 
 
 def design_in_words(run: TrainedRun) -> list[str]:

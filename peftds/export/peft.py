@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from peftds.errors import PeftdsError
-from peftds.export.source import TrainedRun, layer_ranges
+from peftds.export.source import TrainedRun, auto_class, layer_ranges
 from peftds.model.backbones import build_model, linear_dims
 from peftds.model.strategies.lora import LoRALinear
 
@@ -44,16 +44,11 @@ def head_modules(run: TrainedRun) -> list[str]:
     return sorted({p.rstrip(".") for p in backbone.family.head_prefixes if any(n.startswith(p) for n in names)})
 
 
-def task_type(model: torch.nn.Module, seq2seq: bool) -> str | None:
-    """peft's task type for the model class (what picks the PeftModel subclass on load)."""
-    name = type(model).__name__
-    if seq2seq:
-        return "SEQ_2_SEQ_LM"
-    if name.endswith("ForSequenceClassification"):
-        return "SEQ_CLS"
-    if name.endswith("ForCausalLM"):
-        return "CAUSAL_LM"
-    return None
+TASK_TYPES = {
+    "AutoModelForSequenceClassification": "SEQ_CLS",
+    "AutoModelForSeq2SeqLM": "SEQ_2_SEQ_LM",
+    "AutoModelForCausalLM": "CAUSAL_LM",
+}  # what picks the PeftModel subclass on load
 
 
 def check_peft(run: TrainedRun) -> str:
@@ -110,7 +105,7 @@ def peft_config(run: TrainedRun, bias: str, base_model: str | None) -> Any:
         bias=bias,
         fan_in_fan_out=conv1d,  # GPT-2's Conv1D stores its weight as [in, out]
         modules_to_save=head_modules(run) or None,
-        task_type=task_type(run.built.model, run.built.backbone.seq2seq),
+        task_type=TASK_TYPES.get(auto_class(run.built.model)),
         base_model_name_or_path=base_model,
     )
 

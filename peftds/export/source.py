@@ -66,6 +66,23 @@ class TrainedRun:
         }
 
 
+def auto_class(model: torch.nn.Module) -> str:
+    """The transformers Auto class that builds this model's class from its config (what loads an export)."""
+    from transformers.models.auto import modeling_auto as auto
+
+    kinds = (
+        (auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES, "AutoModelForSequenceClassification"),
+        (auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES, "AutoModelForSeq2SeqLM"),
+        (auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, "AutoModelForCausalLM"),
+    )
+    name = type(model).__name__
+    for names, auto_name in kinds:
+        found = names.get(model.config.model_type)
+        if name == found or (isinstance(found, (list, tuple)) and name in found):
+            return auto_name
+    return "AutoModel"
+
+
 def plain_name(name: str) -> str:
     """A parameter's name in the unwrapped model (``q.base_layer.bias`` -> ``q.bias``)."""
     return re.sub(rf"({re.escape(WRAPPED)})+\.", ".", name)

@@ -35,6 +35,7 @@ class FamilyCase:
     bitfit_merges: bool = True  # False: its Linears have no bias, so BitFit's added biases cannot be merged
     config: dict[str, Any] | None = None  # a model config of its own (tiny decoders), else conf/model/<model>
     budget: float | None = None  # a budget fraction of its own (else the model's)
+    classifier: bool = True  # False: a decoder-only family as a causal LM (generation tasks), no head
 
 
 # Every family the project supports; a new family adds its row here (the decoder-only ones come from the
@@ -49,6 +50,11 @@ FAMILIES = (
         # vocabulary 128, two layers: 2% cannot afford LoRA on six projections, 40% spends >= 95% of itself
         FamilyCase(f"tiny_{family}", family == "gpt2", {**decoder_model_config(family), "tokenizer": TOKENIZER}, 0.4)
         for family in DECODERS
+    ),
+    # the causal-LM form generation tasks use (tied LM head, GPT-2's Conv1D)
+    *(
+        FamilyCase(f"tiny_{family}_lm", False, {**decoder_model_config(family), "tokenizer": TOKENIZER}, 0.4, False)
+        for family in ("llama", "gpt2")
     ),
 )
 
@@ -94,7 +100,7 @@ def make_run(root: Path, model: str, design: dict[str, Any], case: FamilyCase | 
     config = case.config if case else None
     run = RunConfig.from_composed(compose([f"model={model}" if config is None else "model=tiny_bert"]))
     model_cfg = run.model if config is None else config
-    labels = None if is_seq2seq(model_cfg) else 2
+    labels = None if is_seq2seq(model_cfg) or (case and not case.classifier) else 2
     fraction = case.budget if case and case.budget else run.budget.fraction
     built = build(model_cfg, design, fraction, num_labels=labels, seed=1)
     perturb(built.model)
@@ -112,7 +118,7 @@ def base_dir(root: Path, run_dir: Path) -> str:
     plan = run.built.plan
     if plan.model.get("pretrained") and plan.model.get("name_or_path"):
         return resolve_path(plan.model["name_or_path"])
-    folder = root / f"base-{plan.model['name']}"
+    folder = root / f"base-{plan.model['name']}-{run.num_labels or 'lm'}"  # classifier and LM forms apart
     build_model(plan.model, num_labels=run.num_labels).save_pretrained(folder)
     return str(folder)
 
@@ -144,9 +150,8 @@ def round_trips(tmp_path_factory) -> dict[str, Any]:
     from safetensors.torch import load_file, save_file
 
     from peftds.config.sections import ExportConfig
-    from peftds.export.card import auto_class
     from peftds.export.cli import export
-    from peftds.export.source import load_run
+    from peftds.export.source import auto_class, load_run
     from peftds.model.backbones import build_model
 
     torch.set_num_threads(1)
