@@ -1,7 +1,8 @@
 """PEFT baselines as designs: parallel adapter (pa), MAM adapter (mam), UniPELT (unipelt).
 
-Exact counts on the tiny models (T5, BART, RoBERTa, BERT, Llama), hand-computed forward passes (scale, parallel placement,
-gates), identity at initialisation, exact save/load, and the 0.5% budget on the paper shapes.
+Exact counts on the tiny models (T5, BART, RoBERTa, BERT, Llama), hand-computed forward passes (scale,
+parallel placement, gates), identity at initialisation, exact save/load, and the 0.5% budget on the paper
+shapes.
 """
 
 from __future__ import annotations
