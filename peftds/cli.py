@@ -78,6 +78,13 @@ COMMANDS: dict[str, Command] = {
         " [compare.dry=true] [compare.dir=...]",
         output="compare.dir",
     ),
+    "export": Command(
+        "peftds.export.cli:cmd_export",
+        "a trained run as a peft LoRA adapter or a merged transformers checkpoint, with a model card",
+        sections=("export",),
+        usage="peftds export <run dir> format=peft|merged out=<dir> [overwrite=true]",
+        output="out",
+    ),
     "bench": Command(
         "peftds.bench.cli:cmd_bench",
         "median training step of a design vs peft LoRA, the frozen floor, full FT and forward only",

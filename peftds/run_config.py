@@ -14,6 +14,7 @@ from typing import Any
 from peftds.config.schema import convert
 from peftds.config.sections import BudgetConfig, DataConfig, ModelConfig, TrainConfig
 from peftds.data.tasks import Task
+from peftds.design.from_peft import resolve_peft_design
 from peftds.design.plan import Design
 from peftds.errors import PeftdsError
 
@@ -66,10 +67,12 @@ class RunConfig:
         seed = plain.get("seed", 42)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise PeftdsError(f"seed must be an integer, got {seed!r}")
-        design_cfg = dict(plain.get("design") or {})
+        model = convert(ModelConfig, plain.get("model"))
+        design_cfg = resolve_peft_design(plain.get("design") or {}, model)  # a peft config: its design here
+        plain["design"] = design_cfg
         task_cfg = plain.get("task")
         return cls(
-            model=convert(ModelConfig, plain.get("model")),
+            model=model,
             budget=convert(BudgetConfig, plain.get("budget")),
             design=Design.from_config(design_cfg),
             design_config=design_cfg,

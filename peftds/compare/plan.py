@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peftds.config.compose import conf_dir, group_options, plain
+from peftds.config.compose import conf_dir, group_options, names_peft_config, plain
 from peftds.config.schema import convert
 from peftds.config.sections import CompareConfig
 from peftds.data.tasks import known_tasks, load_task, task_set
@@ -45,7 +45,8 @@ class DesignEntry:
     @property
     def label(self) -> str:
         """The row name: the design's name (a file: its stem) and its own budget, if any."""
-        name = Path(self.ref).stem if self.is_file else self.ref
+        path = Path(self.ref)
+        name = (path.parent.name if path.stem == "adapter_config" else path.stem) if self.is_file else self.ref
         return f"{name}@{self.budget}" if self.budget else name
 
     def overrides(self, lr: Mapping[str, float]) -> list[str]:
@@ -69,7 +70,7 @@ def parse_design(text: str) -> DesignEntry:
         raise PeftdsError(f"compare.designs: bad entry '{text}' (a design name or YAML path, optionally @<budget>)")
     entry = DesignEntry(text, ref, budget or None)
     if entry.is_file:
-        if not Path(ref).expanduser().is_file():
+        if not (Path(ref).expanduser().is_file() or names_peft_config(ref)):
             raise PeftdsError(f"compare.designs: design file not found: {ref}")
     elif ref not in group_options("design"):
         raise PeftdsError(f"compare.designs: unknown design '{ref}' (known: {', '.join(group_options('design'))})")
@@ -80,6 +81,15 @@ def parse_design(text: str) -> DesignEntry:
             f"({', '.join(group_options('budget'))}) nor a fraction in (0, 1)"
         )
     return entry
+
+
+def own_fraction(run: RunConfig) -> float:
+    """The budget of a design that sets its sizes itself (a peft LoRA config): its own trainable share of the
+    backbone, counted on the meta device."""
+    from peftds.design.apply import build
+
+    built = build(run.model, run.design_config, run.budget.fraction, num_labels=2, device="meta")
+    return built.plan.budget_params / built.plan.backbone_params
 
 
 def compare_tasks(settings: CompareConfig) -> list[str]:
@@ -200,10 +210,11 @@ def build_plan(compose: Composer, overrides: Sequence[str]) -> ComparePlan:
             raise PeftdsError(
                 f"compare.designs: '{e.text}' was made for model {made_for}, the comparison is on {model}"
             )
-        plan.fractions[e.label] = run.budget.fraction
+        fraction = own_fraction(run) if run.design_config.get("fixed_sizes") else run.budget.fraction
+        plan.fractions[e.label] = fraction
         if run.design_config.get("full"):
             plan.full.add(e.label)
-        digest = design_digest(run.design_config, run.budget.fraction, settings.lr.get(e.label))
+        digest = design_digest(run.design_config, fraction, settings.lr.get(e.label))
         for task in tasks:
             for seed in seeds:
                 rid = f"{safe_name(e.label)}-{trial_id(digest, task, seed, plan.regime_hash)}"

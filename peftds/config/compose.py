@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 CONF_DIR = Path(os.environ.get("PEFTDS_CONF") or Path(__file__).resolve().parents[2] / "conf")
 # Groups whose value may also be a YAML file path (e.g. the design a search wrote).
 FILE_GROUPS = ("design", "space")
+PEFT_ADAPTER_CONFIG = "adapter_config.json"  # `design=<folder>` takes a peft adapter folder holding one
 
 
 def plain(obj: Any) -> Any:
@@ -53,7 +54,14 @@ def expand_file_overrides(overrides: Sequence[str]) -> list[str]:
     out, extra_dirs = [], []
     for ov in overrides:
         m = re.fullmatch(r"(\+?)({})=(.+)".format("|".join(FILE_GROUPS)), ov)
-        if m and (m.group(3).endswith((".yaml", ".yml")) or os.sep in m.group(3)):
+        if m and m.group(2) == "design" and names_peft_config(m.group(3)):
+            root = Path(tempfile.mkdtemp(prefix="peftds-conf-"))
+            (root / "design").mkdir()
+            stem = peft_design_file(Path(m.group(3)).expanduser(), root / "design")
+            shutil.copy(conf_dir() / "design" / "base_hparams.yaml", root / "design" / "base_hparams.yaml")
+            extra_dirs.append(root)
+            out.append(f"{m.group(1)}design={stem}")
+        elif m and (m.group(3).endswith((".yaml", ".yml")) or os.sep in m.group(3)):
             path = Path(m.group(3)).expanduser()
             if not path.is_file():
                 raise PeftdsError(f"{m.group(2)} file not found: {path}")
@@ -71,6 +79,25 @@ def expand_file_overrides(overrides: Sequence[str]) -> list[str]:
         paths = ",".join(f"file://{d}" for d in extra_dirs)
         out.append(f"hydra.searchpath=[{paths}]")
     return out
+
+
+def names_peft_config(value: str) -> bool:
+    """Whether a `design=` value names a peft config: a .json file, or a folder holding adapter_config.json."""
+    path = Path(value).expanduser()
+    return value.endswith(".json") or (path.is_dir() and (path / PEFT_ADAPTER_CONFIG).is_file())
+
+
+def peft_design_file(path: Path, folder: Path) -> str:
+    """Write the design that stands for a peft config (its path, turned into a design once the model is known,
+    see peftds.design.from_peft) into `folder`; returns its option name."""
+    if not path.exists():
+        raise PeftdsError(f"peft config not found: {path}")
+    source = path / PEFT_ADAPTER_CONFIG if path.is_dir() else path
+    label = path.name if path.is_dir() else (path.parent.name if path.stem == "adapter_config" else path.stem)
+    stem = re.sub(r"[^A-Za-z0-9_]", "_", label) or "peft"
+    design = {"defaults": ["base_hparams", "_self_"], "name": stem, "peft_config": str(source.resolve())}
+    (folder / f"{stem}.yaml").write_text(yaml.safe_dump(design, sort_keys=False))
+    return stem
 
 
 def _override_value(overrides: Sequence[str], key: str) -> str | None:

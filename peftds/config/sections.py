@@ -264,3 +264,25 @@ class CompareConfig(Section):
 
 
 SECTIONS[CompareConfig.section] = CompareConfig
+
+
+EXPORT_FORMATS = ("peft", "merged")
+
+
+@dataclass(frozen=True)
+class ExportConfig(Section):
+    section = "export"
+    format: str = setting(
+        "peft",
+        "peft: a LoRA adapter for peft.PeftModel; merged: a plain transformers checkpoint",
+        choices=EXPORT_FORMATS,
+    )
+    out: str | None = setting(None, "the folder to write (required)")
+    overwrite: bool = setting(False, "replace a non-empty out folder")
+
+    def check(self, where: str) -> None:
+        if not self.out:
+            raise PeftdsError(f"{where}.out is required: the folder to write (out=<dir>)")
+
+
+SECTIONS[ExportConfig.section] = ExportConfig

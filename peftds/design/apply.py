@@ -114,7 +114,10 @@ def save_trained(built: Built, out_dir: str | Path, extra: Mapping[str, Any] | N
     out.mkdir(parents=True, exist_ok=True)
     tensors = {n: p.detach().to("cpu").contiguous() for n, p in built.model.named_parameters() if p.requires_grad}
     save_file(tensors, str(out / WEIGHTS_FILE))
-    record = {"plan": built.plan.to_dict(), "num_labels": getattr(built.model.config, "num_labels", None)}
+    # the classification head's outputs; None without a head (text-to-text, a causal LM's frozen LM head), so
+    # that load_trained rebuilds the same model class
+    num_labels = built.model.config.num_labels if built.backbone.head_parameters() else None
+    record = {"plan": built.plan.to_dict(), "num_labels": num_labels}
     record.update(extra or {})
     (out / PLAN_FILE).write_text(yaml.safe_dump(record, sort_keys=False))
     return out

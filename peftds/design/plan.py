@@ -21,7 +21,22 @@ from peftds.design.grouping import PATTERNS, sample_grouping, satisfies
 from peftds.errors import InfeasibleDesign, PeftdsError
 from peftds.model.strategies import NAMES, LayerShape, get_strategy, strategy_label
 
-DESIGN_KEYS = {"name", "model", "full", "grouping", "tuned", "allocation", "strategies", "hparams", "note"}
+DESIGN_KEYS = {
+    "name",
+    "model",
+    "full",
+    "grouping",
+    "tuned",
+    "allocation",
+    "strategies",
+    "hparams",
+    "note",
+    "fixed_sizes",
+}
+# A design with `fixed_sizes` (e.g. a peft LoRA config turned into a design) sets every layer's size itself: no
+# grouping, allocation or budget decides them, and its own trainable count is its budget.
+FIXED = "fixed"
+RULE_KEYS = ("grouping", "tuned", "allocation", "strategies")
 GROUPING_KEYS = {"groups", "sizes", "pattern"}
 
 
@@ -37,6 +52,7 @@ class Design:
     strategies: tuple[tuple[str, ...], ...] = ()  # one subset per group
     hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
     model: str | None = None  # the model (conf/model/<name>) the design was made for, if it names one
+    fixed_sizes: dict[str, tuple[int, ...]] | None = None  # strategy -> size of every layer (0: none)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> Design:
@@ -51,6 +67,8 @@ class Design:
             raise PeftdsError(f"design '{name}': model must be a model name (conf/model/<name>), got {model!r}")
         if cfg.get("full"):
             return cls(name=name, full=True, num_groups=1, strategies=(), hparams=hparams, model=model)
+        if cfg.get("fixed_sizes") is not None:
+            return cls(name=name, hparams=hparams, model=model, fixed_sizes=fixed_sizes(name, cfg))
         grouping = dict(cfg.get("grouping") or {})
         unknown = set(grouping) - GROUPING_KEYS
         if unknown:
@@ -92,6 +110,9 @@ class Design:
         made_for = {"model": self.model} if self.model else {}
         if self.full:
             return {"name": self.name, **made_for, "full": True, "hparams": self.hparams}
+        if self.fixed_sizes is not None:
+            sizes = {n: list(v) for n, v in self.fixed_sizes.items()}
+            return {"name": self.name, **made_for, "fixed_sizes": sizes, "hparams": self.hparams}
         grouping: dict[str, Any] = {"groups": self.num_groups}
         if self.sizes is not None:
             grouping["sizes"] = list(self.sizes)
@@ -130,6 +151,8 @@ class Design:
                 layers,
                 full_params=backbone_params,
             )
+        if self.fixed_sizes is not None:
+            return self.resolve_fixed(shapes, backbone_params, hp)
         if self.sizes is not None:
             sizes = self.sizes
             if sum(sizes) != num_layers or min(sizes) < 1:
@@ -180,6 +203,59 @@ class Design:
             )
         return plan
 
+    def resolve_fixed(self, shapes: Sequence[LayerShape], backbone_params: int, hp: dict[str, dict[str, Any]]) -> Plan:
+        """The plan of a design that sets every layer's sizes: groups are the runs of consecutive layers with
+        the same sizes, tuned those with any, and the budget is the design's own count."""
+        assert self.fixed_sizes is not None
+        for strat, per_layer in self.fixed_sizes.items():
+            if len(per_layer) != len(shapes):
+                raise InfeasibleDesign(
+                    f"design '{self.name}': fixed_sizes.{strat} lists {len(per_layer)} layers, the model has "
+                    f"{len(shapes)}"
+                )
+        modules = [{n: s[i] for n, s in self.fixed_sizes.items() if s[i] > 0} for i in range(len(shapes))]
+        groups: list[int] = []
+        subsets: list[list[str]] = []
+        group_of_layer: list[int] = []
+        for i, mods in enumerate(modules):
+            if i == 0 or mods != modules[i - 1]:
+                groups.append(0)
+                subsets.append([n for n in NAMES if n in mods])
+            groups[-1] += 1
+            group_of_layer.append(len(groups))
+        tuned = [g for g, subset in enumerate(subsets, 1) if subset]
+        if not tuned:
+            raise InfeasibleDesign(f"design '{self.name}': fixed_sizes adapt no layer")
+        layers = [
+            LayerPlan(s.index, s.stack, g, dict(m), layer_cost(s, m, hp))
+            for s, g, m in zip(shapes, group_of_layer, modules)
+        ]
+        total = sum(sum(lp.params.values()) for lp in layers)
+        return Plan(self.name, False, backbone_params, total, groups, tuned, FIXED, subsets, hp, layers)
+
+
+def fixed_sizes(name: str, cfg: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """A design's `fixed_sizes` (strategy -> one size per layer), checked; no budget rule may come with it."""
+    given = [k for k in RULE_KEYS if k in cfg]
+    if given:
+        raise PeftdsError(
+            f"design '{name}': fixed_sizes sets every layer itself, so {', '.join(given)} cannot be given"
+        )
+    raw = cfg["fixed_sizes"]
+    if not isinstance(raw, Mapping) or not raw:
+        raise PeftdsError(f"design '{name}': fixed_sizes must map strategies to per-layer sizes, got {raw!r}")
+    out: dict[str, tuple[int, ...]] = {}
+    for strat, sizes in raw.items():
+        if not get_strategy(strat).scalable:
+            raise PeftdsError(f"design '{name}': fixed_sizes.{strat}: {strat} has no size")
+        ok = isinstance(sizes, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in sizes)
+        if not ok or not sizes or min(sizes) < 0:
+            raise PeftdsError(f"design '{name}': fixed_sizes.{strat} must list one size >= 0 per layer, got {sizes!r}")
+        out[strat] = tuple(sizes)
+    if len({len(v) for v in out.values()}) > 1:
+        raise PeftdsError(f"design '{name}': fixed_sizes lists differ in length")
+    return out
+
 
 @dataclass
 class LayerPlan:
@@ -228,6 +304,10 @@ class Plan:
         """A concrete design (explicit group sizes) that resolves back to this plan on the same model."""
         if self.full:
             return {"name": self.design, "full": True, "hparams": self.hparams}
+        if self.allocation == FIXED:
+            names = [n for n in NAMES if any(n in lp.modules for lp in self.layers)]
+            sizes = {n: [lp.modules.get(n, 0) for lp in self.layers] for n in names}
+            return {"name": self.design, "fixed_sizes": sizes, "hparams": self.hparams}
         return {
             "name": self.design,
             "grouping": {"groups": len(self.groups), "sizes": list(self.groups)},

@@ -19,7 +19,7 @@ from peftds.run_config import RunConfig
 # Every typed config: (where its keys live, its class); sections nested in a section come with it.
 STRATEGY_CONFIGS = {f"design.hparams.{n}": get_strategy(n).config for n in NAMES}
 # What a section needs beyond its defaults to be complete (a model needs a checkpoint or an architecture).
-REQUIRED = {"model": {"arch": "t5"}}
+REQUIRED = {"model": {"arch": "t5"}, "export": {"out": "exports/x"}}
 
 
 def nested(where: str, cls: type[Section]) -> list[tuple[str, type[Section]]]:

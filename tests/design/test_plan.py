@@ -118,3 +118,22 @@ def test_plan_round_trip_and_digest(tiny_model_cfgs):
     # the concrete design written from a plan resolves to the same plan (what the search emits)
     c = build(cfg.model, a.design_config(), 0.02, seed=99, device="meta").plan
     assert c.digest() == a.digest()
+
+
+def test_fixed_sizes_set_every_layer_at_the_designs_own_budget(tiny_model_cfgs):
+    """A design with fixed_sizes: its sizes, groups = runs of equal sizes, its own count as its budget (the
+    command's budget plays no part), and the concrete design of its plan resolves back to the same plan."""
+    model = tiny_model_cfgs["tiny_bert"].model
+    design = {"name": "mine", "fixed_sizes": {"lora": [8, 8, 4, 0, 0, 4]}, "hparams": {"lora": {"targets": ["q"]}}}
+    plan = build(model, design, 0.02, device="meta").plan
+    assert [lp.modules.get("lora", 0) for lp in plan.layers] == [8, 8, 4, 0, 0, 4]
+    assert plan.groups == [2, 1, 2, 1] and plan.tuned == [1, 2, 4] and plan.allocation == "fixed"
+    assert plan.budget_params == plan.trainable_params == (8 + 8 + 4 + 4) * (64 + 64)  # r (d_in + d_out) on q
+    assert build(model, design, 0.5, device="meta").plan.digest() == plan.digest()
+    assert build(model, plan.design_config(), 0.02, device="meta").plan.digest() == plan.digest()
+    with pytest.raises(InfeasibleDesign, match=r"fixed_sizes\.lora lists 3 layers, the model has 6"):
+        build(model, {**design, "fixed_sizes": {"lora": [1, 2, 3]}}, 0.02, device="meta")
+    with pytest.raises(PeftdsError, match="bitfit has no size"):
+        Design.from_config({**design, "fixed_sizes": {"bitfit": [1] * 6}})
+    with pytest.raises(PeftdsError, match="so grouping cannot be given"):
+        Design.from_config({**design, "grouping": {"groups": 1}})

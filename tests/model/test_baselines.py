@@ -308,21 +308,28 @@ def test_gated_sequential_adapter_by_hand():
     torch.testing.assert_close(wrapped(h), torch.tensor([[2.0 + g * 5.5, 1.0 - g * 1.5]]))
 
 
-def test_gated_lora_by_hand():
-    """y = base(x) + sigmoid(x W_g^T + b_g) · (x A^T B^T) · alpha / r."""
+@pytest.mark.parametrize("alpha", [2.0, 16.0])
+def test_gated_lora_by_hand(alpha):
+    """UniPELT's published gated LoRA: y = base(x) + sigmoid(x W_g^T + b_g) · (x A^T B^T); the gate takes
+    the place of alpha / r (the reference code sets the layer's scaling to the gate), so alpha has no effect."""
     base = nn.Linear(2, 2, bias=False)
     with torch.no_grad():
         base.weight.copy_(torch.eye(2))
-    lora = LoRALinear(base, rank=1, alpha=2.0, gated=True)
+    lora = LoRALinear(base, rank=1, alpha=alpha, gated=True)
     with torch.no_grad():
         lora.lora_A.copy_(torch.tensor([[1.0, 1.0]]))
         lora.lora_B.copy_(torch.tensor([[1.0], [-2.0]]))
         lora.lora_gate.proj.weight.copy_(torch.tensor([[0.5, 0.0]]))
         lora.lora_gate.proj.bias.fill_(0.0)
     x = torch.tensor([[2.0, 1.0]])
-    # x A^T = 3; B -> [3, -6]; alpha / r = 2; gate = sigmoid(1)
+    # x A^T = 3; B -> [3, -6]; gate = sigmoid(1), whatever alpha / r
     g = torch.sigmoid(torch.tensor(1.0))
-    torch.testing.assert_close(lora(x), torch.tensor([[2.0 + 6.0 * g, 1.0 - 12.0 * g]]))
+    torch.testing.assert_close(lora(x), torch.tensor([[2.0 + 3.0 * g, 1.0 - 6.0 * g]]))
+    plain = LoRALinear(base, rank=1, alpha=alpha)  # ungated: alpha / r as before
+    with torch.no_grad():
+        plain.lora_A.copy_(lora.lora_A)
+        plain.lora_B.copy_(lora.lora_B)
+    torch.testing.assert_close(plain(x), torch.tensor([[2.0 + 3.0 * alpha, 1.0 - 6.0 * alpha]]))
 
 
 @pytest.mark.parametrize("model", ["tiny_t5", "tiny_bart", "tiny_bert"])

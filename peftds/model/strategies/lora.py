@@ -4,11 +4,13 @@
 ``nn.Linear`` weight (kaiming-uniform, a=sqrt(5)) and ``B`` (d_out x r) zero, so the model's outputs
 are unchanged before training. Cost r * (d_in + d_out) per adapted matrix.
 
-``gated`` (UniPELT, default false): the update is multiplied by a learned gate computed from the
-LoRA input, ``base(x) + g(x) · (x A^T B^T) · alpha / r`` with ``g(x) = sigmoid(x W_g^T + b_g)`` one
-scalar per token (:class:`~peftds.model.strategies.gating.Gate`, ``Linear(d_in, 1)``). One gate per
-adapted matrix, reading that matrix's own input (for cross-attention k/v: the encoder output); the
-gate reads ``x`` before LoRA dropout. Cost per matrix grows by d_in + 1. Identity at init still holds.
+``gated`` (UniPELT, default false): a learned gate computed from the LoRA input takes the place of
+``alpha / r``, as in UniPELT's reference code (Mao et al., ACL 2022, whose gated LoRA layer sets its
+scaling to the gate): ``base(x) + g(x) · (dropout(x) A^T B^T)`` with ``g(x) = sigmoid(x W_g^T + b_g)``
+one scalar per token (:class:`~peftds.model.strategies.gating.Gate`, ``Linear(d_in, 1)``); ``alpha``
+has no effect on a gated update. One gate per adapted matrix, reading that matrix's own input (for
+cross-attention k/v: the encoder output); the gate reads ``x`` before LoRA dropout. Cost per matrix
+grows by d_in + 1. Identity at init still holds.
 
 Targets: the attention projections q, k, v, o of every attention site and, per layer, the
 feed-forward projections gate, up, down (Llama-style ``gate_proj``/``up_proj``/``down_proj``; GPT-2,
@@ -46,8 +48,8 @@ GENERIC_PROJECTIONS = ATTENTION_TARGETS + FFN_TARGETS
 
 
 class LoRALinear(LinearWrapper):
-    """``base_layer(x) + dropout(x) @ lora_A^T @ lora_B^T * scaling``, added to output columns
-    ``window = (start, stop)`` only when given (one target of a fused projection)."""
+    """``base_layer(x) + dropout(x) @ lora_A^T @ lora_B^T * scaling`` (gated: the gate is the scaling), added
+    to output columns ``window = (start, stop)`` only when given (one target of a fused projection)."""
 
     def __init__(
         self,
@@ -80,16 +82,27 @@ class LoRALinear(LinearWrapper):
         if z.dtype != self.lora_A.dtype and not torch.is_autocast_enabled(z.device.type):
             z = z.to(self.lora_A.dtype)
         z = F.linear(F.linear(z, self.lora_A), self.lora_B)
-        if self.lora_gate is not None:
-            z = z * self.lora_gate(x)
-        z = (z * self.scaling).to(out.dtype)
+        z = (z * self.lora_gate(x) if self.lora_gate is not None else z * self.scaling).to(out.dtype)
         if self.window is not None:
             z = F.pad(z, (self.window[0], out.shape[-1] - self.window[1]))
         return out + z
 
+    def delta_weight(self) -> torch.Tensor:
+        """``scaling · B A`` as a (d_out, d_in) matrix, zero outside its window: what folding this update into
+        the base weight adds (ungated LoRA only; a gated update depends on the input, so it has no weight)."""
+        if self.lora_gate is not None:
+            raise PeftdsError("a gated LoRA update depends on its input: it cannot be folded into a weight")
+        delta = (self.lora_B @ self.lora_A) * self.scaling
+        if self.window is None:
+            return delta
+        full = delta.new_zeros(linear_dims(self.linear)[1], delta.shape[1])
+        full[self.window[0] : self.window[1]] = delta
+        return full
+
     def extra_repr(self) -> str:
         window = f", window={self.window}" if self.window else ""
-        return f"rank={self.rank}, scaling={self.scaling:g}{window}"
+        scaling = "gate" if self.lora_gate is not None else f"{self.scaling:g}"
+        return f"rank={self.rank}, scaling={scaling}{window}"
 
 
 @dataclass(frozen=True)
@@ -97,9 +110,9 @@ class LoRAConfig(Section):
     targets: list[str] | str = setting(
         ["q", "v"], "projections to adapt: any of q, k, v, o (attention) and gate, up, down (FFN), or 'q,v'"
     )
-    alpha: int | float = setting(16, "scaling numerator: the update is scaled by alpha / r", gt=0.0)
+    alpha: int | float = setting(16, "update scale numerator: alpha / r (a gated update: its gate instead)", gt=0.0)
     dropout: float = setting(0.0, "dropout on the LoRA input", ge=0.0, lt=1.0)
-    gated: bool = setting(False, "UniPELT gate: scale the update by sigmoid(Linear(d_in, 1)(LoRA input))")
+    gated: bool = setting(False, "UniPELT gate: sigmoid(Linear(d_in, 1)(LoRA input)) scales the update, not alpha/r")
 
     def check(self, where: str) -> None:
         names = [s.strip() for s in self.targets.split(",")] if isinstance(self.targets, str) else self.targets
