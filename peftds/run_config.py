@@ -16,6 +16,7 @@ from peftds.config.sections import BudgetConfig, DataConfig, ModelConfig, TrainC
 from peftds.data.tasks import Task
 from peftds.design.plan import Design
 from peftds.errors import PeftdsError
+from peftds.model.backbones import check_shape
 
 # Top-level keys of the config tree: the groups (each command composes its own), `seed`, `format` (inspect)
 # and `trial` (a search trial's identity).
@@ -68,8 +69,10 @@ class RunConfig:
             raise PeftdsError(f"seed must be an integer, got {seed!r}")
         design_cfg = dict(plain.get("design") or {})
         task_cfg = plain.get("task")
+        model = convert(ModelConfig, plain.get("model"))
+        check_shape(model)
         return cls(
-            model=convert(ModelConfig, plain.get("model")),
+            model=model,
             budget=convert(BudgetConfig, plain.get("budget")),
             design=Design.from_config(design_cfg),
             design_config=design_cfg,

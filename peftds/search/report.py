@@ -26,6 +26,8 @@ from peftds.search.racing import race_markdown
 from peftds.search.state import read_state
 from peftds.search.stats import finite, stage_summary
 
+USAGE = "usage: peftds report <search dir or stage dir> [bootstrap=N]"
+
 
 def _fmt(x: Any, nd: int = 2) -> str:
     return f"{x:.{nd}f}" if finite(x) else "–"
@@ -250,10 +252,7 @@ def cmd_report(argv: list[str]) -> int:
     opts = dict(a.split("=", 1) for a in argv if "=" in a)
     unknown = set(opts) - {"bootstrap"}
     if unknown or len(dirs) != 1:
-        raise PeftdsError(
-            "usage: peftds report <search dir> [bootstrap=N]"
-            + (f" (unknown option(s) {sorted(unknown)})" if unknown else "")
-        )
+        raise PeftdsError(USAGE + (f" (unknown option(s) {sorted(unknown)})" if unknown else ""))
     n_boot = None
     if "bootstrap" in opts:
         if not opts["bootstrap"].isdigit() or int(opts["bootstrap"]) < 1:
