@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -143,7 +144,7 @@ def test_usage_lines_come_from_the_commands_own_parsers(capsys):
             assert all(f"[{g}=<option" in text for g in cmd.groups), name
 
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def readme_command_lines() -> list[tuple[str, list[str]]]:
@@ -151,7 +152,7 @@ def readme_command_lines() -> list[tuple[str, list[str]]]:
     import re
 
     found = []
-    text = re.sub(r"\\\n\s*", " ", open(README).read())  # shell line continuations
+    text = re.sub(r"\\\n\s*", " ", README.read_text())  # shell line continuations
     for m in re.finditer(r"peftds ([a-z][a-z-]*)((?:[ \t]+[^\s`|#]+)*)", text):
         if m.group(1) not in COMMANDS:
             continue
@@ -186,7 +187,7 @@ def test_every_key_and_option_the_readme_names_is_known():
                 continue  # Hydra's own settings (launcher plugins)
             else:
                 parents = {".".join(key.split(".")[:i]) for i in range(1, key.count(".") + 2)}
-                assert key in TOP_KEY_HELP and key in cmd.keys or parents & known, where
+                assert (key in TOP_KEY_HELP and key in cmd.keys) or parents & known, where
             checked += 1
     assert checked > 40
 
@@ -203,7 +204,7 @@ def test_every_dotted_key_the_readme_names_is_known():
     sections = {section for cmd in COMMANDS.values() for section in cmd.sections}
     known = {row[0] for section in sections for row in section_rows(section)}
     named = set()
-    for m in re.finditer(r"`([a-z_]+(?:\.[a-z_0-9{},]+)+)(?:=[^`]*)?`", open(README).read()):
+    for m in re.finditer(r"`([a-z_]+(?:\.[a-z_0-9{},]+)+)(?:=[^`]*)?`", README.read_text()):
         key = m.group(1)
         if key.split(".")[0] not in sections or key.rsplit(".", 1)[-1] in FILE_SUFFIXES:
             continue
