@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from peftds.config.compose import conf_dir, group_options, plain
 from peftds.config.schema import convert
@@ -37,6 +39,8 @@ class DesignEntry:
     text: str  # as configured, e.g. "bitfit@p0_1"
     ref: str  # the design: a name or a YAML path
     budget: str | None = None  # a budget option name or a fraction (as text)
+    name: str | None = None  # a file's own `name:` (None: the file's stem)
+    where: str | None = None  # the folders that tell two files of the same name apart
 
     @property
     def is_file(self) -> bool:
@@ -44,8 +48,10 @@ class DesignEntry:
 
     @property
     def label(self) -> str:
-        """The row name: the design's name (a file: its stem) and its own budget, if any."""
-        name = Path(self.ref).stem if self.is_file else self.ref
+        """The row name: the design's own name (a file: its `name:`, else its stem), the folders that
+        tell it from another file of that name, and its own budget, if any."""
+        name = self.name or (Path(self.ref).stem if self.is_file else self.ref)
+        name += f" ({self.where})" if self.where else ""
         return f"{name}@{self.budget}" if self.budget else name
 
     def overrides(self, lr: Mapping[str, float]) -> list[str]:
@@ -71,6 +77,7 @@ def parse_design(text: str) -> DesignEntry:
     if entry.is_file:
         if not Path(ref).expanduser().is_file():
             raise PeftdsError(f"compare.designs: design file not found: {ref}")
+        entry = replace(entry, name=own_name(Path(ref).expanduser()))
     elif ref not in group_options("design"):
         raise PeftdsError(f"compare.designs: unknown design '{ref}' (known: {', '.join(group_options('design'))})")
     fraction = re.fullmatch(r"0?\.\d+|\d+(\.\d*)?[eE]-?\d+", budget or "") and 0 < float(budget) < 1
@@ -80,6 +87,39 @@ def parse_design(text: str) -> DesignEntry:
             f"({', '.join(group_options('budget'))}) nor a fraction in (0, 1)"
         )
     return entry
+
+
+def own_name(path: Path) -> str | None:
+    """The `name:` a design file gives itself (None when it names none or cannot be read: composing it
+    reports a broken file with its own message)."""
+    try:
+        name = (yaml.safe_load(path.read_text()) or {}).get("name")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return str(name) if isinstance(name, str | int) and str(name) else None
+
+
+def distinct_rows(entries: list[DesignEntry]) -> list[DesignEntry]:
+    """Entries whose labels clash get the nearest folders of their files that tell them apart, e.g.
+    two searches' best_design.yaml: `best_grouping (run-a/grouping)`, `best_grouping (run-b/grouping)`."""
+    out = list(entries)
+    for label in {e.label for e in entries if [x.label for x in entries].count(e.label) > 1}:
+        clash = [i for i, e in enumerate(entries) if e.label == label and e.is_file]
+        paths = [Path(entries[i].ref).expanduser().resolve() for i in clash]
+        for depth in range(1, max((len(p.parts) for p in paths), default=1)):
+            wheres = ["/".join(p.parent.parts[-depth:]) for p in paths]
+            if len(set(wheres)) == len(wheres):
+                for i, w in zip(clash, wheres):
+                    out[i] = replace(entries[i], where=w)
+                break
+    labels = [e.label for e in out]
+    if len(set(labels)) != len(labels):
+        twice = sorted({x for x in labels if labels.count(x) > 1})
+        raise PeftdsError(
+            f"compare.designs repeats a design: {', '.join(twice)} (list each once; two design files of the same "
+            "name are told apart by their folders, a file and a conf/design name are not: rename the file's `name:`)"
+        )
+    return out
 
 
 def compare_tasks(settings: CompareConfig) -> list[str]:
@@ -149,6 +189,13 @@ class ComparePlan:
     runs: list[PlannedRun] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)  # the data section (with its folder)
     full: set[str] = field(default_factory=set)  # labels of full fine-tuning designs (no budget)
+    max_steps: int = -1  # train.max_steps: > 0 cuts every run after that many optimizer steps
+
+    @property
+    def length(self) -> str:
+        """How long each run trains, as a header says it (train.max_steps cuts the epochs short)."""
+        epochs = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}"
+        return f"at most {self.max_steps} steps (train.max_steps cuts {epochs})" if self.max_steps > 0 else epochs
 
     @property
     def regime_hash(self) -> str:
@@ -172,10 +219,8 @@ def build_plan(compose: Composer, overrides: Sequence[str]) -> ComparePlan:
     seeds = check_seeds(settings.seeds)
     if not settings.designs:
         raise PeftdsError("compare.designs is empty (name at least one design)")
-    entries = [parse_design(d) for d in settings.designs]
+    entries = distinct_rows([parse_design(d) for d in settings.designs])
     labels = [e.label for e in entries]
-    if len(set(labels)) != len(labels):
-        raise PeftdsError(f"compare.designs repeats a design: {labels}")
     for label, lr in settings.lr.items():
         if label not in labels:
             raise PeftdsError(f"compare.lr names '{label}', which is not in compare.designs ({', '.join(labels)})")
@@ -191,6 +236,7 @@ def build_plan(compose: Composer, overrides: Sequence[str]) -> ComparePlan:
     plan = ComparePlan(settings, model, arch, tasks, seeds, entries, {}, regime, run0.train.epochs,
                        run0.data.max_train_samples)  # fmt: skip
     plan.data = dict(plain(base.get("data")) or {})
+    plan.max_steps = run0.train.max_steps
     for e in entries:
         run = RunConfig.from_composed(compose([*overrides, *e.overrides(settings.lr)]))
         made_for = run.design_config.get("model")

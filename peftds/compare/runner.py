@@ -173,7 +173,7 @@ class Comparison:
             cost += f", ~{cpu_h:.3g} CPU-hours (2 cores)"
         return (
             f"[compare] {self.dir}: model {p.model}, {len(p.designs)} designs x {len(p.tasks)} tasks x "
-            f"{len(p.seeds)} seeds = {n} runs ({n - todo} done, {todo} to run), {p.epochs} epochs, "
+            f"{len(p.seeds)} seeds = {n} runs ({n - todo} done, {todo} to run), {p.length}, "
             f"regime {p.regime_hash}\n[compare] estimated training cost of all {n} runs: {cost} "
             f"(rough: {ESTIMATES.name})"
         )
