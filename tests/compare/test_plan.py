@@ -60,7 +60,7 @@ def test_two_searches_best_designs_get_rows_told_apart_by_their_folders(tmp_path
     p = plan_of(f"compare.designs=[{files[0]},{files[1]},lora]", "compare.tasks=[sst2]", "compare.seeds=[1]")
     assert [e.label for e in p.designs] == ["best_grouping (run-a/grouping)", "best_grouping (run-b/grouping)", "lora"]
     assert len({r.run_id for r in p.runs}) == 3
-    with pytest.raises(PeftdsError, match="repeats a design: best_grouping .*rename the file's `name:`"):
+    with pytest.raises(PeftdsError, match=r"repeats a design: best_grouping .*rename the file's `name:`"):
         plan_of(f"compare.designs=[{files[0]},{files[0]}]", "compare.tasks=[sst2]", "compare.seeds=[1]")
 
 
