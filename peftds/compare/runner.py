@@ -113,7 +113,7 @@ def compare_job(cfg: Any) -> dict[str, Any]:
 def run_row(r: PlannedRun, plan: ComparePlan, rec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     status = effective_status(rec)
     best = rec.get("best") or {}
-    metrics = {k: v for k, v in best.items() if k != "epoch"}
+    metrics = {k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in best.items() if k != "epoch"}
     return {
         "run_id": r.run_id, "design": r.design.label, "design_ref": r.design.ref,
         "budget_fraction": plan.fractions[r.design.label], "task": r.task, "seed": r.seed, "model": plan.model,

@@ -68,3 +68,11 @@ def test_paper_row_only_where_model_and_tasks_match():
     gen = columns_of(["xsum", "wmt16_en_ro"], "metrics", False)
     assert paper_rows("bart_large", gen, ["xsum", "wmt16_en_ro"]).rows["paper: S4-model"] == {"xsum/rouge1": 44.3}
     assert "RoBERTa without a size" in paper_rows("roberta_base", cols, glue).notes[0]
+
+
+def test_csv_numbers_are_rounded_to_six_significant_digits():
+    from peftds.compare.render import csv_row
+
+    assert csv_row({"row": "lora", "a_mean": 57.99999999999999, "a_n": 3, "p": 1.234567891e-7}) == {
+        "row": "lora", "a_mean": 58.0, "a_n": 3, "p": 1.23457e-7,
+    }  # fmt: skip
