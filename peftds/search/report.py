@@ -4,7 +4,9 @@ tables and PNG plots (EDF per option, design scores by option) from the stage su
 
 from __future__ import annotations
 
+import os
 import random
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 from peftds.errors import PeftdsError
 from peftds.files import (
     BEST_DESIGN,
+    CONF_SUBDIR,
     EDF_PLOT,
     RACE_FILE,
     REPORT_FILE,
@@ -232,8 +235,30 @@ def stage_dirs(path: str | Path) -> list[Path]:
     return found
 
 
+# The header line write_space_next puts in every space_next.yaml; a search copies the file it starts from
+# into <search dir>/conf/space/, so the line still names the stage that produced its input space.
+NEXT_LINE = re.compile(r"^# next: peftds search stage=.*? space=(\S+)$", re.MULTILINE)
+
+
+def earlier_stages(search_dir: Path) -> list[Path]:
+    """Stage dirs of earlier searches a search was chained from (`space=<stage>/space_next.yaml`),
+    oldest first; [] when its input space came from no stage."""
+    out: list[Path] = []
+    sdir = search_dir
+    while True:
+        space = next((a.split("=", 1)[1] for a in read_state(sdir).get("args") or [] if a.startswith("space=")), None)
+        copied = sdir / CONF_SUBDIR / "space" / f"{space}.yaml"
+        found = NEXT_LINE.search(copied.read_text()) if space and copied.is_file() else None
+        stage = Path(found.group(1)).parent if found else None
+        if stage is None or not (stage / STAGE_FILE).exists() or stage in out or stage.parent == search_dir:
+            return out
+        out.insert(0, stage)
+        sdir = stage.parent
+
+
 def write_report(path: str | Path, n_boot: int | None = None, echo: Callable[..., Any] = print) -> Path:
-    """Reports for every stage under `path` plus a combined report.md at its top."""
+    """Reports for every stage under `path` plus a combined report.md at its top; a search chained from
+    an earlier one (space=<stage>/space_next.yaml) also shows the earlier stages, first."""
     path = Path(path)
     if not path.is_dir():
         raise PeftdsError(f"search dir not found: {path}")
@@ -241,6 +266,17 @@ def write_report(path: str | Path, n_boot: int | None = None, echo: Callable[...
     if not dirs:
         raise PeftdsError(f"{path} holds no search stage (no */{STAGE_FILE}); is it a `peftds search` dir?")
     parts = ["# peftds search report", "", f"Search dir: `{path}`", ""]
+    for d in earlier_stages(path) if path not in dirs else []:
+        summary = stage_summary(d, n_boot)  # read only: the earlier search's own files stay as they are
+        rel = Path(os.path.relpath(d, path))
+        md = stage_markdown(d, summary).replace("## Stage", "## Earlier stage", 1)
+        parts.append(f"{md}\n(from the earlier search `{d.parent}`, whose `space_next.yaml` this search starts from)\n")
+        parts[-1] = (
+            parts[-1]
+            .replace(f"]({EDF_PLOT})", f"]({rel / EDF_PLOT})")
+            .replace(f"]({SCORES_PLOT})", f"]({rel / SCORES_PLOT})")
+        )
+        echo(f"earlier stage {summary['stage']} ({d}): {verdict(summary)}")
     for d in dirs:
         summary, md = write_stage_report(d, n_boot)
         rel = d.relative_to(path) if d != path else Path(".")
