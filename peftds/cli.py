@@ -44,7 +44,7 @@ class Command:
 
 
 # Top-level keys some commands read, with their help (conf/config.yaml holds their defaults).
-TOP_KEY_HELP = {"format": "table|json", "seed": "seed of the run (head init, data order)"}
+TOP_KEY_HELP = {"format": "table|json", "seed": "training seed (head and strategy initialisation, data order)"}
 
 
 TRAIN_GROUPS = ("model", "budget", "design", "task", "data", "train")
