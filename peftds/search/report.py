@@ -246,7 +246,8 @@ def earlier_stages(search_dir: Path) -> list[Path]:
     out: list[Path] = []
     sdir = search_dir
     while True:
-        space = next((a.split("=", 1)[1] for a in read_state(sdir).get("args") or [] if a.startswith("space=")), None)
+        args = [a.lstrip("+") for a in read_state(sdir).get("args") or []]  # stored as +space=<name>
+        space = next((a.split("=", 1)[1] for a in args if a.startswith("space=")), None)
         copied = sdir / CONF_SUBDIR / "space" / f"{space}.yaml"
         found = NEXT_LINE.search(copied.read_text()) if space and copied.is_file() else None
         stage = Path(found.group(1)).parent if found else None

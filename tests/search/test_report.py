@@ -75,8 +75,8 @@ def test_a_chained_search_reports_the_earlier_stage_first(tmp_path, capsys):
     second = tmp_path / "second"
     stage_dir(second, "allocation")
     (second / "conf" / "space").mkdir(parents=True)  # what `peftds search` copies a space= file to
-    (second / "conf" / "space" / "space_next.yaml").write_text((earlier / "space_next.yaml").read_text())
-    (second / "search.json").write_text(json.dumps({"args": ["stage=allocation", "space=space_next"]}))
+    (second / "conf" / "space" / "file_space_next.yaml").write_text((earlier / "space_next.yaml").read_text())
+    (second / "search.json").write_text(json.dumps({"args": ["+stage=allocation", "+space=file_space_next"]}))
     before = (earlier / "report.md").stat().st_mtime_ns
     assert earlier_stages(second) == [earlier] and earlier_stages(first) == []
     assert write_report(second, echo=lambda *a: None) == second / "report.md"
