@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import signal
 import sys
+import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from peftds.config.compose import compose_for, group_options
+from peftds.config.compose import (
+    DEFAULT_DATA_DIR,
+    FILE_GROUPS,
+    compose_for,
+    did_you_mean,
+    group_options,
+    use_default_data_dir,
+)
 from peftds.config.schema import describe
 from peftds.config.sections import SECTIONS
 from peftds.errors import PeftdsError
@@ -23,13 +33,18 @@ class Command:
     target: str  # "module:function", imported only when the command runs
     summary: str
     groups: tuple[str, ...] = ()  # config groups it composes (what --help lists)
-    sections: tuple[str, ...] = ()  # typed sections whose keys --help describes
-    usage: str = ""
+    sections: tuple[str, ...] = ()  # typed sections whose keys --help describes ("design": a design's keys)
+    keys: tuple[str, ...] = ()  # top-level keys it reads besides its groups (TOP_KEY_HELP)
+    usage_from: str | None = None  # "module:USAGE" of a command that parses its own arguments
     output: str | None = "hydra.run.dir"  # the key that says where it writes (None: it writes no run dir)
 
     def function(self) -> Callable[[list[str]], int]:
         module, name = self.target.split(":")
         return getattr(importlib.import_module(module), name)
+
+
+# Top-level keys some commands read, with their help (conf/config.yaml holds their defaults).
+TOP_KEY_HELP = {"format": "table|json", "seed": "training seed (head and strategy initialisation, data order)"}
 
 
 TRAIN_GROUPS = ("model", "budget", "design", "task", "data", "train")
@@ -38,35 +53,34 @@ COMMANDS: dict[str, Command] = {
         "peftds.design.inspect:cmd_inspect",
         "per-layer plan of a design on a model (built on the meta device: no weights needed)",
         ("model", "budget", "design"),
-        ("model", "budget"),
-        "peftds inspect model=t5_base design=spindle_t5base [format=table|json]",
+        ("model", "budget", "design"),
+        ("format",),
         output=None,
     ),
     "train": Command(
         "peftds.train.job:cmd_train",
         "fine-tune one design on one task; result.json + trained params in the run dir (hydra.run.dir)",
         TRAIN_GROUPS,
-        ("model", "budget", "data", "train"),
-        "peftds train [model=...] [design=<name|file.yaml>] [task=...] [train.epochs=...] [hydra.run.dir=...]",
+        ("model", "budget", "design", "data", "train"),
+        ("seed",),
     ),
     "search": Command(
         "peftds.search.launch:cmd_search",
         "design-space search, stage by stage: sample N designs per option, train, score, keep the winner",
         ("search", "stage", "space", "model", "budget", "data", "train"),
         ("search", "data", "train"),
-        "peftds search stage=<grouping|allocation|tunable|strategy|all> search=<default|demo|tiny> [search.dir=...]",
         output="search.dir",
     ),
     "report": Command(
         "peftds.search.report:cmd_report",
         "Markdown tables + PNG plots of a search dir (per stage and overall)",
-        usage="peftds report <search dir>",
+        usage_from="peftds.search.report:USAGE",
         output=None,
     ),
     "replay": Command(
         "peftds.search.replay:cmd_replay",
         "replay a full-fidelity stage: how often racing, a smaller N or fewer epochs pick its winner, at what compute",
-        usage="peftds replay <stage dir> [replays=200] [seed=0] [delta=0.05] [round_size=2]",
+        usage_from="peftds.search.replay:USAGE",
         output=None,
     ),
     "compare": Command(
@@ -74,15 +88,13 @@ COMMANDS: dict[str, Command] = {
         "designs x tasks x seeds in the final regime (train, score on dev), resumable; tables with significance",
         ("compare", "model", "budget", "data", "train"),
         ("compare", "data", "train"),
-        "peftds compare compare=<default|cpu|glue_t5base|glue_t5_3b|glue_roberta_base|glue_roberta_large|gen_bart>"
-        " [compare.dry=true] [compare.dir=...]",
         output="compare.dir",
     ),
     "export": Command(
         "peftds.export.cli:cmd_export",
         "a trained run as a peft LoRA adapter or a merged transformers checkpoint, with a model card",
         sections=("export",),
-        usage="peftds export <run dir> format=peft|merged out=<dir> [overwrite=true]",
+        usage_from="peftds.export.cli:USAGE",
         output="out",
     ),
     "bench": Command(
@@ -90,24 +102,52 @@ COMMANDS: dict[str, Command] = {
         "median training step of a design vs peft LoRA, the frozen floor, full FT and forward only",
         ("model", "budget", "design", "bench"),
         ("bench",),
-        "peftds bench model=... design=... [bench=gpu] [hydra.run.dir=...]",
     ),
     "bench-data": Command(
         "peftds.bench.cli:cmd_bench_data",
         "padded tokens and epoch time: length-grouped vs fixed / random padding",
         ("model", "budget", "design", "bench"),
         ("bench",),
-        "peftds bench-data [bench.data.tasks=[sst2,rte]]",
     ),
     "bench-eval": Command(
         "peftds.bench.cli:cmd_bench_eval",
         "label-word ranking vs free generation speed (text-to-text classification)",
         ("model", "budget", "task", "bench"),
         ("bench",),
-        "peftds bench-eval model=tiny_t5 task=sst2",
     ),
 }
 HELP_FLAGS = ("-h", "--help", "help")
+CFG_FLAG = "--cfg"
+CFG_WHAT = ("job", "all")  # Hydra's `--cfg job|all`: the same composed config here
+
+
+def data_line() -> str:
+    """Where task data is read from, as the commands resolve it."""
+    state = "found" if DEFAULT_DATA_DIR.is_dir() else "absent"
+    now = f"now {os.environ['PEFTDS_DATA']}" if os.environ.get("PEFTDS_DATA") else "now unset"
+    return (
+        f"data folder: data.dir, else env PEFTDS_DATA ({now}), else {DEFAULT_DATA_DIR} ({state}), "
+        "the folder the Makefile uses"
+    )
+
+
+def command_usage(name: str) -> str:
+    """The usage line: from the command's own parser, or built from its groups and keys."""
+    cmd = COMMANDS[name]
+    if cmd.usage_from:
+        module, attr = cmd.usage_from.split(":")
+        return str(getattr(importlib.import_module(module), attr))
+    parts = [f"peftds {name}"]
+    parts += [f"[{g}=<option{'|file.yaml' if g in FILE_GROUPS else ''}>]" for g in cmd.groups]
+    parts += [f"[{key}=<{TOP_KEY_HELP[key]}>]" if key == "format" else f"[{key}=<value>]" for key in cmd.keys]
+    if cmd.sections:
+        parts.append(f"[<{'|'.join(cmd.sections)}>.<key>=<value> ...]")
+    if cmd.output:
+        parts.append(f"[{cmd.output}=<dir>]")
+    glue = "\0"  # keeps each bracketed item on one line when wrapping
+    text = "usage: " + " ".join(p.replace(" ", glue) for p in parts)
+    indent = " " * len(f"usage: peftds {name} ")
+    return textwrap.fill(text, width=110, subsequent_indent=indent, break_on_hyphens=False).replace(glue, " ")
 
 
 def usage() -> str:
@@ -117,8 +157,10 @@ def usage() -> str:
     lines += [
         "",
         "`peftds <command> --help` lists the command's config groups and keys; `peftds <command> --cfg",
-        "[key=value ...]` prints the composed config without running. Any Hydra override works; `design=` also",
-        "takes a YAML path.",
+        "[key=value ...]` prints the composed config without running. Arguments are Hydra overrides (key=value,",
+        "no --flags); `design=` also takes a YAML path.",
+        data_line(),
+        f"run it as {Path(sys.executable).parent / 'peftds'} or activate that venv (source <venv>/bin/activate)",
     ]
     return "\n".join(lines)
 
@@ -127,18 +169,53 @@ def command_help(name: str) -> str:
     """What a command does, its config groups with their options, and its keys with their help."""
 
     cmd = COMMANDS[name]
-    lines = [f"peftds {name}: {cmd.summary}", "", f"usage: {cmd.usage or f'peftds {name} [key=value ...]'}"]
+    lines = [f"peftds {name}: {cmd.summary}", "", command_usage(name)]
     if cmd.groups:
-        lines += ["", "config groups (group=option):"]
+        lines += ["", "config groups (group=option; options are conf/<group>/*.yaml):"]
         lines += [f"  {g:<8} {' '.join(group_options(g)) or '-'}" for g in cmd.groups]
+    if cmd.keys:
+        lines += ["", "other keys:"] + [f"  {key:<8} {TOP_KEY_HELP[key]}" for key in cmd.keys]
     for section in cmd.sections:
-        rows = describe(SECTIONS[section])
+        rows = section_rows(section)
         width = max(len(key) for key, *_ in rows)
         lines += ["", f"{section} keys:"]
         lines += [f"  {key:<{width}}  {help_} [{tp}, default {default!r}]" for key, tp, default, help_ in rows]
+    if "data" in cmd.sections:
+        lines += ["", data_line()]
     if cmd.groups:
         lines += ["", f"print the composed config without running: peftds {name} --cfg [key=value ...]"]
     return "\n".join(lines)
+
+
+def section_rows(section: str) -> list[tuple[str, str, Any, str]]:
+    """(key, type, default, help) of a typed section, or of a design's keys."""
+    if section == "design":
+        from peftds.design.plan import design_key_help
+
+        return design_key_help()
+    return describe(SECTIONS[section])
+
+
+def known_command(name: str) -> Command:
+    if name not in COMMANDS:
+        raise PeftdsError(
+            f"unknown command '{name}'{did_you_mean(name, list(COMMANDS))} (known: {', '.join(COMMANDS)})"
+        )
+    return COMMANDS[name]
+
+
+def reject_flags(name: str, argv: Sequence[str]) -> None:
+    """Arguments are `key=value` overrides: a `--key value` habit gets one line saying so."""
+    for i, arg in enumerate(argv):
+        if not arg.startswith("-") or arg in HELP_FLAGS or arg == CFG_FLAG:
+            continue
+        if i and argv[i - 1] == CFG_FLAG and arg in CFG_WHAT:
+            continue
+        key = arg.lstrip("-").split("=", 1)[0]
+        value = arg.split("=", 1)[1] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "<value>")
+        raise PeftdsError(
+            f"'{arg}' is not an option of peftds {name}: settings are key=value overrides (e.g. {key}={value})"
+        )
 
 
 @contextlib.contextmanager
@@ -183,16 +260,19 @@ def main(argv: list[str] | None = None) -> int:
             print(usage())
             return 0 if argv else 2
         name, rest = argv[0], argv[1:]
-        if name not in COMMANDS:
-            raise PeftdsError(f"unknown command '{name}' (known: {', '.join(COMMANDS)})")
+        known_command(name)
         if any(a in HELP_FLAGS for a in rest):
             print(command_help(name))
             return 0
+        reject_flags(name, rest)
         check_output_dir(name, rest)
-        if "--cfg" in rest:
+        use_default_data_dir()
+        if CFG_FLAG in rest:
             if not COMMANDS[name].groups:
                 raise PeftdsError(f"`peftds {name}` composes no config (nothing to print with --cfg)")
-            return print_config(name, [a for a in rest if a != "--cfg"])
+            at = rest.index(CFG_FLAG)
+            skip = {at, at + 1} if rest[at + 1 : at + 2] and rest[at + 1] in CFG_WHAT else {at}
+            return print_config(name, [a for i, a in enumerate(rest) if i not in skip])
         with sigterm_as_interrupt():
             return COMMANDS[name].function()(rest) or 0
     except PeftdsError as e:

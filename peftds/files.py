@@ -86,7 +86,7 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
 def save_figure(plt: Any, fig: Any, path: str | Path) -> Path:
     """Save a matplotlib figure as PNG and free it."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # a legend outside the axes stays in the file
     plt.close(fig)
     return Path(path)
 

@@ -17,6 +17,7 @@ from peftds.data.tasks import Task
 from peftds.design.from_peft import resolve_peft_design
 from peftds.design.plan import Design
 from peftds.errors import PeftdsError
+from peftds.model.backbones import check_shape
 
 # Top-level keys of the config tree: the groups (each command composes its own), `seed`, `format` (inspect)
 # and `trial` (a search trial's identity).
@@ -71,6 +72,8 @@ class RunConfig:
         design_cfg = resolve_peft_design(plain.get("design") or {}, model)  # a peft config: its design here
         plain["design"] = design_cfg
         task_cfg = plain.get("task")
+        model = convert(ModelConfig, plain.get("model"))
+        check_shape(model)
         return cls(
             model=model,
             budget=convert(BudgetConfig, plain.get("budget")),

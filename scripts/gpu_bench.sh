@@ -30,11 +30,10 @@
 #
 # Environment knobs: STEPS (20), COMPILE_SRC (32), DESIGNS ("lora,adapter,prefix"), COMPILE_VARIANTS ("design"),
 # BUDGET (330 s for all benches), PYTHON (python3).
-# Known (2026-11-27): with the current prefix strategy a compiled prefix design recompiles on every step (its
-# id-keyed mask cache is a dynamo guard); bench detects it on the second compiled step and reports the compiled
-# variant as "NOT TIMED" instead of timing eager steps. Until prefix.py bypasses that cache while compiling, the
-# compiled figure for spindle_t5base is missing; DESIGNS=lora COMPILE_VARIANTS=design,design:lora and
-# "bench.designs=[lora]" in stage B would time a compiled LoRA design instead (about +100 s).
+# Compiled prefix designs: prefix.py pads its attention mask inside the graph while compiling (no id()-keyed
+# cache as a dynamo guard), so a compiled design that holds prefixes (spindle_t5base) compiles once and is
+# timed; bench prints its frames, graphs, graph breaks and recompiles, and still reports a variant that
+# recompiles on every step as "NOT TIMED" rather than timing eager steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 

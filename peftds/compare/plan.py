@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from peftds.config.compose import conf_dir, group_options, names_peft_config, plain
 from peftds.config.schema import convert
@@ -37,6 +39,8 @@ class DesignEntry:
     text: str  # as configured, e.g. "bitfit@p0_1"
     ref: str  # the design: a name or a YAML path
     budget: str | None = None  # a budget option name or a fraction (as text)
+    name: str | None = None  # a file's own `name:` (None: the file's stem)
+    where: str | None = None  # the folders that tell two files of the same name apart
 
     @property
     def is_file(self) -> bool:
@@ -44,9 +48,12 @@ class DesignEntry:
 
     @property
     def label(self) -> str:
-        """The row name: the design's name (a file: its stem) and its own budget, if any."""
+        """The row name: the design's own name (a file: its `name:`, else its stem; a peft adapter config: its
+        folder), the folders that tell it from another file of that name, and its own budget, if any."""
         path = Path(self.ref)
-        name = (path.parent.name if path.stem == "adapter_config" else path.stem) if self.is_file else self.ref
+        stem = path.parent.name if path.stem == "adapter_config" else path.stem
+        name = self.name or (stem if self.is_file else self.ref)
+        name += f" ({self.where})" if self.where else ""
         return f"{name}@{self.budget}" if self.budget else name
 
     def overrides(self, lr: Mapping[str, float]) -> list[str]:
@@ -72,6 +79,7 @@ def parse_design(text: str) -> DesignEntry:
     if entry.is_file:
         if not (Path(ref).expanduser().is_file() or names_peft_config(ref)):
             raise PeftdsError(f"compare.designs: design file not found: {ref}")
+        entry = replace(entry, name=own_name(Path(ref).expanduser()))
     elif ref not in group_options("design"):
         raise PeftdsError(f"compare.designs: unknown design '{ref}' (known: {', '.join(group_options('design'))})")
     fraction = re.fullmatch(r"0?\.\d+|\d+(\.\d*)?[eE]-?\d+", budget or "") and 0 < float(budget) < 1
@@ -90,6 +98,39 @@ def own_fraction(run: RunConfig) -> float:
 
     built = build(run.model, run.design_config, run.budget.fraction, num_labels=2, device="meta")
     return built.plan.budget_params / built.plan.backbone_params
+
+
+def own_name(path: Path) -> str | None:
+    """The `name:` a design file gives itself (None when it names none or cannot be read: composing it
+    reports a broken file with its own message)."""
+    try:
+        name = (yaml.safe_load(path.read_text()) or {}).get("name")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return str(name) if isinstance(name, str | int) and str(name) else None
+
+
+def distinct_rows(entries: list[DesignEntry]) -> list[DesignEntry]:
+    """Entries whose labels clash get the nearest folders of their files that tell them apart, e.g.
+    two searches' best_design.yaml: `best_grouping (run-a/grouping)`, `best_grouping (run-b/grouping)`."""
+    out = list(entries)
+    for label in {e.label for e in entries if [x.label for x in entries].count(e.label) > 1}:
+        clash = [i for i, e in enumerate(entries) if e.label == label and e.is_file]
+        paths = [Path(entries[i].ref).expanduser().resolve() for i in clash]
+        for depth in range(1, max((len(p.parts) for p in paths), default=1)):
+            wheres = ["/".join(p.parent.parts[-depth:]) for p in paths]
+            if len(set(wheres)) == len(wheres):
+                for i, w in zip(clash, wheres):
+                    out[i] = replace(entries[i], where=w)
+                break
+    labels = [e.label for e in out]
+    if len(set(labels)) != len(labels):
+        twice = sorted({x for x in labels if labels.count(x) > 1})
+        raise PeftdsError(
+            f"compare.designs repeats a design: {', '.join(twice)} (list each once; two design files of the same "
+            "name are told apart by their folders, a file and a conf/design name are not: rename the file's `name:`)"
+        )
+    return out
 
 
 def compare_tasks(settings: CompareConfig) -> list[str]:
@@ -160,6 +201,13 @@ class ComparePlan:
     data: dict[str, Any] = field(default_factory=dict)  # the data section (with its folder)
     full: set[str] = field(default_factory=set)  # labels of full fine-tuning designs (no budget)
     notes: list[str] = field(default_factory=list)  # settings the plan ignored, and why
+    max_steps: int = -1  # train.max_steps: > 0 cuts every run after that many optimizer steps
+
+    @property
+    def length(self) -> str:
+        """How long each run trains, as a header says it (train.max_steps cuts the epochs short)."""
+        epochs = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}"
+        return f"at most {self.max_steps} steps (train.max_steps cuts {epochs})" if self.max_steps > 0 else epochs
 
     @property
     def regime_hash(self) -> str:
@@ -183,10 +231,8 @@ def build_plan(compose: Composer, overrides: Sequence[str]) -> ComparePlan:
     seeds = check_seeds(settings.seeds)
     if not settings.designs:
         raise PeftdsError("compare.designs is empty (name at least one design)")
-    entries = [parse_design(d) for d in settings.designs]
+    entries = distinct_rows([parse_design(d) for d in settings.designs])
     labels = [e.label for e in entries]
-    if len(set(labels)) != len(labels):
-        raise PeftdsError(f"compare.designs repeats a design: {labels}")
     ignored = [label for label in settings.lr if label not in labels]
     for label, lr in settings.lr.items():
         if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
@@ -203,6 +249,7 @@ def build_plan(compose: Composer, overrides: Sequence[str]) -> ComparePlan:
     plan.data = dict(plain(base.get("data")) or {})
     if ignored:  # a preset's setting for a design the command left out of compare.designs
         plan.notes.append(f"compare.lr for {', '.join(ignored)} ignored: not in compare.designs ({', '.join(labels)})")
+    plan.max_steps = run0.train.max_steps
     for e in entries:
         run = RunConfig.from_composed(compose([*overrides, *e.overrides(settings.lr)]))
         made_for = run.design_config.get("model")

@@ -154,6 +154,11 @@ def to_latex(t: Table) -> str:
     return "\n".join(lines) + "\n" + "\n".join(f"% {n}" for n in notes(t)) + "\n"
 
 
+def csv_row(row: dict[str, object]) -> dict[str, object]:
+    """Floats to 6 significant digits: 58 instead of 57.99999999999999 (far below any reported precision)."""
+    return {k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in row.items()}
+
+
 def to_csv(t: Table) -> str:
     """One row per design (and majority/paper/p rows): per column its mean, std, seed count, best mark."""
     ids = [c.id for c in t.columns]
@@ -169,14 +174,16 @@ def to_csv(t: Table) -> str:
                 _, best, marks = cell_parts(t, d, i)
                 r.update({f"{i}_mean": c.mean, f"{i}_std": c.std, f"{i}_n": len(c.values),
                           f"{i}_best": (("best" + marks) if best else "")})  # fmt: skip
-        w.writerow(r)
+        w.writerow(csv_row(r))
     if t.majority:
-        w.writerow({"row": "majority class", "kind": "baseline", **{f"{i}_mean": v for i, v in t.majority.items()}})
+        w.writerow(
+            csv_row({"row": "majority class", "kind": "baseline", **{f"{i}_mean": v for i, v in t.majority.items()}})
+        )
     for name, vals in t.paper.rows.items():
-        w.writerow({"row": name, "kind": "paper", **{f"{i}_mean": v for i, v in vals.items()}})
+        w.writerow(csv_row({"row": name, "kind": "paper", **{f"{i}_mean": v for i, v in vals.items()}}))
     for kind, attr in (("p_ttest", "p_t"), ("p_bootstrap", "p_boot")):
-        w.writerow({"row": f"p best vs 2nd ({kind[2:]})", "kind": kind,
-                    **{f"{i}_mean": getattr(b, attr) for i, b in t.best.items() if b.second}})  # fmt: skip
+        w.writerow(csv_row({"row": f"p best vs 2nd ({kind[2:]})", "kind": kind,
+                    **{f"{i}_mean": getattr(b, attr) for i, b in t.best.items() if b.second}}))  # fmt: skip
     return buf.getvalue()
 
 

@@ -115,7 +115,7 @@ def run_row(r: PlannedRun, plan: ComparePlan, rec: dict[str, Any]) -> dict[str, 
     """The runs.csv row of a finished run (its run_dir relative to the compare dir: the folder can move)."""
     status = effective_status(rec)
     best = rec.get("best") or {}
-    metrics = {k: v for k, v in best.items() if k != "epoch"}
+    metrics = {k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in best.items() if k != "epoch"}
     return {
         "run_id": r.run_id, "design": r.design.label, "design_ref": r.design.ref,
         "budget_fraction": plan.fractions[r.design.label], "task": r.task, "seed": r.seed, "model": plan.model,
@@ -188,7 +188,7 @@ class Comparison:
             cost += f", ~{cpu_h:.3g} CPU-hours (2 cores)"
         return (
             f"[compare] {self.dir}: model {p.model}, {len(p.designs)} designs x {len(p.tasks)} tasks x "
-            f"{len(p.seeds)} seeds = {n} runs ({n - todo} done, {todo} to run), {p.epochs} epochs, "
+            f"{len(p.seeds)} seeds = {n} runs ({n - todo} done, {todo} to run), {p.length}, "
             f"regime {p.regime_hash}\n[compare] estimated training cost of all {n} runs: {cost} "
             f"(rough: {ESTIMATES.name})"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import shutil
@@ -17,7 +18,10 @@ from peftds.errors import PeftdsError
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-CONF_DIR = Path(os.environ.get("PEFTDS_CONF") or Path(__file__).resolve().parents[2] / "conf")
+REPO_DIR = Path(__file__).resolve().parents[2]
+CONF_DIR = Path(os.environ.get("PEFTDS_CONF") or REPO_DIR / "conf")
+# The data folder the Makefile uses (../shared/data beside the checkout) when PEFTDS_DATA is not set.
+DEFAULT_DATA_DIR = REPO_DIR.parent / "shared" / "data"
 # Groups whose value may also be a YAML file path (e.g. the design a search wrote).
 FILE_GROUPS = ("design", "space")
 PEFT_ADAPTER_CONFIG = "adapter_config.json"  # `design=<folder>` takes a peft adapter folder holding one
@@ -30,6 +34,25 @@ def plain(obj: Any) -> Any:
     if isinstance(obj, (DictConfig, ListConfig)):
         return OmegaConf.to_container(obj, resolve=True)
     return obj
+
+
+def default_data_dir() -> Path | None:
+    """The data folder a command uses when neither PEFTDS_DATA nor data.dir is set: ../shared/data
+    beside the checkout when it exists (what `make` exports), else none."""
+    return DEFAULT_DATA_DIR if DEFAULT_DATA_DIR.is_dir() else None
+
+
+def use_default_data_dir() -> None:
+    """Export PEFTDS_DATA=<default data folder> when it is unset, as the Makefile does (trials launched in
+    other processes inherit it)."""
+    if not os.environ.get("PEFTDS_DATA") and (found := default_data_dir()) is not None:
+        os.environ["PEFTDS_DATA"] = str(found)
+
+
+def did_you_mean(word: str, known: Sequence[str]) -> str:
+    """` (did you mean X?)` for the closest known name, or ''."""
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def reject_unknown_keys(cfg: Any, known: Any, where: str) -> None:
@@ -172,12 +195,71 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
     except PeftdsError:
         raise
     except Exception as e:  # Hydra/OmegaConf errors: unknown key, unknown group option, bad syntax
-        raise PeftdsError(hydra_error_line(e)) from None
+        raise PeftdsError(hydra_error_line(e, overrides)) from None
     finally:
         GlobalHydra.instance().clear()
 
 
-def hydra_error_line(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()
-    text = " ".join(line.strip() for line in msg if line.strip())
-    return text or type(e).__name__
+def flat_keys(node: Any, prefix: str = "") -> list[str]:
+    """Every dotted key of a plain mapping, inner mappings' keys included."""
+    out = []
+    for key, child in node.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        out += [name, *(flat_keys(child, name) if isinstance(child, dict) else [])]
+    return out
+
+
+def known_keys(overrides: Sequence[str], leave_out: str = "") -> list[str]:
+    """Every dotted key of the config that the group choices among `overrides` compose, `leave_out`'s
+    override left out (empty when even that config cannot compose)."""
+    from omegaconf import OmegaConf
+
+    keys = [ov.lstrip("+~").split("=", 1)[0] for ov in overrides]
+    choices = [ov for ov, key in zip(overrides, keys) if "." not in key and key != leave_out]
+    try:
+        return flat_keys(OmegaConf.to_container(compose(choices), resolve=False))
+    except PeftdsError:
+        return []
+
+
+def closest_key(key: str, known: Sequence[str]) -> str | None:
+    """The known key `key` most likely means: its first unknown part replaced by the closest sibling."""
+    parts, known_set = key.split("."), set(known)
+    for i, part in enumerate(parts):
+        if ".".join(parts[: i + 1]) in known_set:
+            continue
+        parent = ".".join(parts[:i])
+        siblings = [k.rsplit(".", 1)[-1] for k in known if k.count(".") == i and k.startswith(parent)]
+        close = difflib.get_close_matches(part, siblings, n=1, cutoff=0.6)
+        if not close:
+            return None
+        guess = ".".join([*parts[:i], close[0], *parts[i + 1 :]])
+        return guess if guess in known_set else None
+    return None
+
+
+def unknown_option_line(group: str, option: str, offered: Sequence[str]) -> str:
+    """`unknown <group> option 'x' (did you mean y?; known: ...)` for a group choice Hydra cannot find."""
+    local = conf_dir() / group
+    known = group_options(group) if local.is_dir() else list(offered)
+    hint = did_you_mean(option, known)[2:-1] + "; " if did_you_mean(option, known) else ""
+    files = " or a YAML file path" if group in FILE_GROUPS else ""
+    return f"unknown {group} option '{option}' ({hint}known: {', '.join(known)}{files})"
+
+
+def hydra_error_line(e: BaseException, overrides: Sequence[str] = ()) -> str:
+    """One line for a Hydra/OmegaConf composition error: an unknown key or group option gets a "did you
+    mean"; anything else is Hydra's message without its config search path."""
+    text = " ".join(line.strip() for line in str(e).strip().splitlines() if line.strip()) or type(e).__name__
+    if m := re.search(r"Could not (?:override|delete from config\.) '([^']+)'", text):
+        key = m.group(1)
+        guess = closest_key(key, known_keys(overrides, leave_out=key))
+        return f"unknown key {key}" + (f" (did you mean {guess}?)" if guess else "")
+    if m := re.search(
+        r"Could not find '([^']+)/([^'/]+)' Available options in '[^']+': (.*?) Config search path", text
+    ):
+        return unknown_option_line(m.group(1), m.group(2), m.group(3).split())
+    if m := re.search(r"Error parsing override '([^']+)' missing EQUAL", text):
+        return f"'{m.group(1)}' is not an override: settings are key=value (e.g. model=tiny_t5)"
+    text = text.split(" Config search path:")[0]
+    return re.sub(r" See https://hydra\.cc/\S+ for details", "", text)

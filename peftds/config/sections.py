@@ -55,7 +55,9 @@ class ModelConfig(Section):
 @dataclass(frozen=True)
 class DataConfig(Section):
     section = "data"
-    dir: str | None = setting(None, "local data folder (glue/<task>/train.jsonl, ...); default $PEFTDS_DATA")
+    dir: str | None = setting(
+        None, "local data folder (glue/<task>/train.jsonl, ...); default $PEFTDS_DATA, else ../shared/data"
+    )
     source: str = setting("auto", "auto: local files when present, else the hub", choices=("auto", "local", "hub"))
     max_train_samples: int | None = setting(None, "seeded subsample of the training rows (null: all)", ge=1)
     max_eval_samples: int | None = setting(None, "seeded subsample of each dev split (null: all)", ge=1)

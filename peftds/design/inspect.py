@@ -18,8 +18,10 @@ def report(built: Built, model_name: str) -> dict[str, Any]:
     plan, backbone = built.plan, built.backbone
     trainable, _ = count_trainable(built.model, backbone)
     layers = []
-    for lp in plan.layers:
+    for lp, layer in zip(plan.layers, backbone.layers):
         modules = {}
+        if plan.full:  # every weight of the block trains
+            modules["full"] = {"params": sum(p.numel() for p in layer.block.parameters())}
         for name in ("adapter", "prefix", "lora", "bitfit"):
             if name in lp.modules:
                 entry = {"params": lp.params[name]}
@@ -30,6 +32,7 @@ def report(built: Built, model_name: str) -> dict[str, Any]:
     return {
         "model": model_name,
         "design": plan.design,
+        "full": plan.full,
         "backbone_params": plan.backbone_params,
         "budget_params": plan.budget_params,
         "trainable_params": trainable,
@@ -46,6 +49,9 @@ def table(rep: dict[str, Any]) -> str:
     for layer in rep["layers"]:
         parts = []
         for name, m in layer["modules"].items():
+            if name == "full":
+                parts.append("full fine-tuning (every weight)")
+                continue
             parts.append(f"{name}({get_strategy(name).size_symbol}={m['size']})" if "size" in m else name)
         params = sum(m["params"] for m in layer["modules"].values())
         tuned = layer["group"] in rep["tuned"]
@@ -53,13 +59,20 @@ def table(rep: dict[str, Any]) -> str:
         rows.append(f"{layer['index']:>5}  {layer['stack']:<7}  {layer['group']:>5}  {desc:<44} {params:>8,}")
     b, t = rep["backbone_params"], rep["trainable_params"]
     budget = rep["budget_params"]
+    in_layers = sum(m["params"] for layer in rep["layers"] for m in layer["modules"].values())
+    if rep.get("full"):  # no budget applies; the layer rows leave out embeddings and final norms
+        budget_line = f"budget           {'none':>14}  (full fine-tuning: every backbone weight trains)"
+        share = f"{100 * t / b:.3f}% of backbone; {t - in_layers:,} outside the layer blocks, e.g. embeddings"
+    else:
+        budget_line = f"budget           {budget:>14,}"
+        share = f"{100 * t / b:.3f}% of backbone, {100 * t / max(budget, 1):.1f}% of budget"
     rows += [
         "",
         f"model {rep['model']}  design {rep['design']}  groups {rep['groups']}  tuned {rep['tuned']}  "
         f"allocation {rep['allocation']}",
         f"backbone params  {b:>14,}",
-        f"budget           {budget:>14,}",
-        f"trainable        {t:>14,}  ({100 * t / b:.3f}% of backbone, {100 * t / max(budget, 1):.1f}% of budget)",
+        budget_line,
+        f"trainable        {t:>14,}  ({share})",
         f"head (apart)     {rep['head_params']:>14,}",
     ]
     return "\n".join(rows)

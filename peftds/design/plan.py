@@ -37,6 +37,30 @@ DESIGN_KEYS = {
 # grouping, allocation or budget decides them, and its own trainable count is its budget.
 FIXED = "fixed"
 RULE_KEYS = ("grouping", "tuned", "allocation", "strategies")
+
+
+def design_key_help() -> list[tuple[str, str, Any, str]]:
+    """(key, type, default, help) of a design's keys, strategy hyper-parameters included: what `--help` prints."""
+    from peftds.config.schema import describe
+
+    rows: list[tuple[str, str, Any, str]] = [
+        ("design.name", "str", "custom", "the design's name: records, tables and compare rows show it"),
+        ("design.model", "str or null", None, "the model it was made for (selected unless model= is given)"),
+        ("design.full", "bool", False, "full fine-tuning: every backbone parameter trains, no budget"),
+        ("design.grouping.groups", "int", 4, "number of layer groups"),
+        ("design.grouping.sizes", "list[int] or null", None, "explicit group sizes (sum: the layer count)"),
+        ("design.grouping.pattern", "str or null", None, f"or sample sizes from a pattern: {', '.join(PATTERNS)}"),
+        ("design.tuned", "all or list[int]", "all", "1-based groups that train"),
+        ("design.allocation", "str", "uniform", f"budget over tuned groups: {', '.join(ALLOCATIONS)}"),
+        ("design.strategies", "list[list[str]]", [], f"one strategy subset per group, of {', '.join(NAMES)}"),
+        ("design.note", "str", None, "free text, kept with the design"),
+        ("design.fixed_sizes", "map or null", None, "per-layer sizes set by the design itself (a peft LoRA config)"),
+    ]
+    for name in NAMES:
+        rows += describe(get_strategy(name).config, f"design.hparams.{name}")
+    return rows
+
+
 GROUPING_KEYS = {"groups", "sizes", "pattern"}
 
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from peftds.config.compose import did_you_mean
 from peftds.config.schema import convert
 from peftds.config.sections import ModelConfig
 from peftds.errors import PeftdsError
@@ -381,6 +382,34 @@ def resolve_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def check_shape(model_cfg: ModelConfig) -> None:
+    """`model.shape` typed like every other key: each entry must be a field of the architecture's
+    transformers config (or a generation setting such as decoder_start_token_id), with a value of that
+    field's type (an int where it holds an int, ...). transformers itself keeps unknown keys silently."""
+    if not model_cfg.shape or not model_cfg.arch:
+        return
+    from transformers import AutoConfig, GenerationConfig
+
+    try:
+        defaults = {**GenerationConfig().to_dict(), **AutoConfig.for_model(model_cfg.arch).to_dict()}
+    except ValueError as e:
+        raise PeftdsError(f"model.arch '{model_cfg.arch}': {str(e).splitlines()[0]}") from None
+    for key, value in model_cfg.shape.items():
+        where = f"model.shape.{key}"
+        if key not in defaults:
+            hint = did_you_mean(key, sorted(defaults)).replace("mean ", "mean model.shape.")
+            raise PeftdsError(f"unknown key {where}{hint} (not in the {model_cfg.arch} config)")
+        default = defaults[key]
+        if default is None or value is None:
+            continue
+        kind = type(default)
+        fits = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if kind is float:  # a whole number is a fine float
+            fits = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind in (int, float, bool, str) and not fits:
+            raise PeftdsError(f"{where} must be {'a number' if kind is float else kind.__name__}, got {value!r}")
+
+
 def hf_config(model_cfg: Any, allow_fallback: bool) -> tuple[PretrainedConfig, bool]:
     """The transformers config for a model config: from the pretrained folder/hub id when
     ``model.pretrained`` (the default when a name is given), else from ``model.arch`` + ``model.shape``.
@@ -397,9 +426,10 @@ def hf_config(model_cfg: Any, allow_fallback: bool) -> tuple[PretrainedConfig, b
                 raise PeftdsError(f"cannot load model {model_cfg.name} ('{name}'): {str(e).splitlines()[0]}") from e
     if not arch:
         raise PeftdsError("model config needs model.name_or_path (pretrained) or model.arch + model.shape")
+    check_shape(model_cfg)
     try:
         return AutoConfig.for_model(arch, **dict(model_cfg.get("shape") or {})), False
-    except (ValueError, TypeError) as e:
+    except Exception as e:  # transformers' own validation (e.g. heads not dividing the width)
         raise PeftdsError(f"cannot build model.arch '{arch}' with model.shape: {e}") from e
 
 

@@ -41,6 +41,7 @@ from peftds.files import (
     write_json_atomic,
     write_text_atomic,
 )
+from peftds.plotting import legend_outside, series_style
 from peftds.search.racing import METHODS, RaceSettings, race_batch
 from peftds.search.stats import design_scores, read_table
 
@@ -356,11 +357,12 @@ def plot(result: Mapping[str, Any], path: Path) -> Path:
     families: dict[str, list[Mapping[str, Any]]] = {}
     for r in result["policies"]:
         families.setdefault(r["family"], []).append(r)
-    markers = "os^vD<>Px*h"
-    for i, (fam, rs) in enumerate(families.items()):
+    # the default race last and largest: it is the row the target line is about, drawn on top
+    for i, (fam, rs) in sorted(enumerate(families.items()), key=lambda x: "default" in x[1][0]):
         rs = sorted(rs, key=lambda r: r["compute_fraction"])
         xs, ys = [r["compute_fraction"] for r in rs], [r["same_winner_rate"] for r in rs]
-        ax.plot(xs, ys, marker=markers[i % len(markers)], ms=6 if "default" in fam else 4, lw=1, label=fam)
+        default = "default" in fam
+        ax.plot(xs, ys, **series_style(i), ms=9 if default else 4, lw=1, label=fam, zorder=3 if default else 2)
     ax.axhline(TARGET_AGREEMENT, color="grey", ls="--", lw=0.8)
     ax.axvline(TARGET_COMPUTE, color="grey", ls="--", lw=0.8)
     ax.set_xscale("log")
@@ -369,7 +371,9 @@ def plot(result: Mapping[str, Any], path: Path) -> Path:
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(f"{result['stage']}: agreement vs compute")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: list(families).index(labels[i]))
+    legend_outside(ax, [handles[i] for i in order], [labels[i] for i in order], "policy family")
     return save_figure(plt, fig, path)
 
 

@@ -4,6 +4,9 @@ tables and PNG plots (EDF per option, design scores by option) from the stage su
 
 from __future__ import annotations
 
+import os
+import random
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -11,6 +14,7 @@ from typing import Any
 from peftds.errors import PeftdsError
 from peftds.files import (
     BEST_DESIGN,
+    CONF_SUBDIR,
     EDF_PLOT,
     RACE_FILE,
     REPORT_FILE,
@@ -22,9 +26,12 @@ from peftds.files import (
     write_text_atomic,
 )
 from peftds.model.strategies import LETTERS_NOTE
+from peftds.plotting import legend_outside, series_style
 from peftds.search.racing import race_markdown
 from peftds.search.state import read_state
 from peftds.search.stats import finite, stage_summary
+
+USAGE = "usage: peftds report <search dir or stage dir> [bootstrap=N]"
 
 
 def _fmt(x: Any, nd: int = 2) -> str:
@@ -109,29 +116,36 @@ def verdict(summary: Mapping[str, Any]) -> str:
 
 
 def plot_stage(summary: Mapping[str, Any], out_dir: Path, title: str) -> list[Path]:
-    """edf.png (EDF per option) and scores.png (design scores by option with mean and 95% CI)."""
+    """edf.png (EDF per option) and scores.png (design scores by option with mean and 95% CI). Each
+    option keeps one colour and line style in both plots; the winner is drawn last (on top), thicker."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    winner = summary.get("winner")
+    style = {o: series_style(i) for i, o in enumerate(summary["order"])}
     opts = [o for o in summary["order"] if summary["options"][o]["scores"]]
     paths = []
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
     every = [x for o in opts for x in summary["options"][o]["scores"]]
     pad = (max(every) - min(every)) * 0.05 + 0.5 if every else 1.0
     lo_x, hi_x = (min(every) - pad, max(every) + pad) if every else (0.0, 1.0)
-    for o in opts:
-        pts = summary["options"][o]["edf"]
+    for o in opts_drawn(opts, winner):  # the winner last: nothing hides it
+        s = summary["options"][o]
+        pts = s["edf"]
         xs = [lo_x] + [p[0] for p in pts] + [hi_x]
         ys = [0.0] + [p[1] for p in pts] + [1.0]
-        lw = 2.5 if o == summary.get("winner") else 1.4
+        won = o == winner
         ax.step(
             xs,
             ys,
             where="post",
-            lw=lw,
-            label=f"{o} (mean {_fmt(summary['options'][o]['mean'])}, n={len(summary['options'][o]['scores'])})",
+            color=style[o]["color"],
+            linestyle="-" if won else style[o]["linestyle"],
+            lw=3.0 if won else 1.3,
+            zorder=3 if won else 2,
+            label=f"{o}{' ★' if won else ''} (mean {_fmt(s['mean'])}, n={len(s['scores'])})",
         )
     ax.set_xlabel("design score (mean over tasks, held-out)")
     ax.set_ylabel("share of designs with score ≤ x")
@@ -140,34 +154,39 @@ def plot_stage(summary: Mapping[str, Any], out_dir: Path, title: str) -> list[Pa
     ax.set_title(f"{title}: EDF of design scores")
     ax.grid(alpha=0.3)
     if opts:
-        ax.legend(fontsize=7, loc="upper left")
+        handles, labels = ax.get_legend_handles_labels()
+        order = sorted(range(len(opts)), key=lambda i: summary["order"].index(opts_drawn(opts, winner)[i]))
+        legend_outside(ax, [handles[i] for i in order], [labels[i] for i in order], "option (table order)")
     paths.append(save_figure(plt, fig, out_dir / EDF_PLOT))
 
     fig, ax = plt.subplots(figsize=(max(4.8, 0.55 * len(summary["order"]) + 2), 4.2))
-    import random as _random
-
-    jitter = _random.Random(0)
+    jitter = random.Random(0)
     for i, o in enumerate(summary["order"]):
         s = summary["options"][o]
         if not s["scores"]:
             continue
         xs = [i + jitter.uniform(-0.15, 0.15) for _ in s["scores"]]
-        ax.scatter(xs, s["scores"], s=12, alpha=0.5, color="tab:blue")
+        ax.scatter(xs, s["scores"], s=12, alpha=0.5, color=style[o]["color"], marker=style[o]["marker"])
         has_ci = finite(s["ci_low"]) and finite(s["ci_high"])  # n/a: the mean alone
         err = [[s["mean"] - s["ci_low"]], [s["ci_high"] - s["mean"]]] if has_ci else None
-        color = "tab:red" if o == summary.get("winner") else "black"
-        ax.errorbar([i], [s["mean"]], yerr=err, fmt="D", color=color, capsize=4, ms=6)
+        color = "tab:red" if o == winner else "black"
+        ax.errorbar([i], [s["mean"]], yerr=err, fmt="D", color=color, capsize=4, ms=6, zorder=3)
     ax.set_xticks(range(len(summary["order"])))
     ax.set_xticklabels(
-        summary["order"],
+        [f"{o} ★" if o == winner else o for o in summary["order"]],
         rotation=45 if len(summary["order"]) > 6 else 0,
         ha="right" if len(summary["order"]) > 6 else "center",
     )
     ax.set_ylabel("design score (mean over tasks)")
-    ax.set_title(f"{title}: scores by option (mean, 95% CI)")
+    ax.set_title(f"{title}: scores by option (mean, 95% CI; winner red)")
     ax.grid(alpha=0.3, axis="y")
     paths.append(save_figure(plt, fig, out_dir / SCORES_PLOT))
     return paths
+
+
+def opts_drawn(opts: list[str], winner: str | None) -> list[str]:
+    """The options in the order plot_stage draws them (the winner last)."""
+    return sorted(opts, key=lambda o: o == winner)
 
 
 def stage_markdown(stage_dir: Path, summary: Mapping[str, Any]) -> str:
@@ -193,8 +212,7 @@ def stage_markdown(stage_dir: Path, summary: Mapping[str, Any]) -> str:
         lines += [race_markdown(race), ""]
     if summary.get("message") and summary.get("status") == "ok":
         lines += [f"Note: {summary['message']}", ""]
-    if dim.startswith("strategies"):
-        lines += [f"Strategy letters: {LETTERS_NOTE}.", ""]
+    lines += [f"Strategy letters (in option names and designs): {LETTERS_NOTE}.", ""]
     w = summary.get("winner")
     if w and summary["options"][w].get("best"):
         b = summary["options"][w]["best"]
@@ -230,8 +248,31 @@ def stage_dirs(path: str | Path) -> list[Path]:
     return found
 
 
+# The header line write_space_next puts in every space_next.yaml; a search copies the file it starts from
+# into <search dir>/conf/space/, so the line still names the stage that produced its input space.
+NEXT_LINE = re.compile(r"^# next: peftds search stage=.*? space=(\S+)$", re.MULTILINE)
+
+
+def earlier_stages(search_dir: Path) -> list[Path]:
+    """Stage dirs of earlier searches a search was chained from (`space=<stage>/space_next.yaml`),
+    oldest first; [] when its input space came from no stage."""
+    out: list[Path] = []
+    sdir = search_dir
+    while True:
+        args = [a.lstrip("+") for a in read_state(sdir).get("args") or []]  # stored as +space=<name>
+        space = next((a.split("=", 1)[1] for a in args if a.startswith("space=")), None)
+        copied = sdir / CONF_SUBDIR / "space" / f"{space}.yaml"
+        found = NEXT_LINE.search(copied.read_text()) if space and copied.is_file() else None
+        stage = Path(found.group(1)).parent if found else None
+        if stage is None or not (stage / STAGE_FILE).exists() or stage in out or stage.parent == search_dir:
+            return out
+        out.insert(0, stage)
+        sdir = stage.parent
+
+
 def write_report(path: str | Path, n_boot: int | None = None, echo: Callable[..., Any] = print) -> Path:
-    """Reports for every stage under `path` plus a combined report.md at its top."""
+    """Reports for every stage under `path` plus a combined report.md at its top; a search chained from
+    an earlier one (space=<stage>/space_next.yaml) also shows the earlier stages, first."""
     path = Path(path)
     if not path.is_dir():
         raise PeftdsError(f"search dir not found: {path}")
@@ -239,6 +280,17 @@ def write_report(path: str | Path, n_boot: int | None = None, echo: Callable[...
     if not dirs:
         raise PeftdsError(f"{path} holds no search stage (no */{STAGE_FILE}); is it a `peftds search` dir?")
     parts = ["# peftds search report", "", f"Search dir: `{path}`", ""]
+    for d in earlier_stages(path) if path not in dirs else []:
+        summary = stage_summary(d, n_boot)  # read only: the earlier search's own files stay as they are
+        rel = Path(os.path.relpath(d, path))
+        md = stage_markdown(d, summary).replace("## Stage", "## Earlier stage", 1)
+        parts.append(f"{md}\n(from the earlier search `{d.parent}`, whose `space_next.yaml` this search starts from)\n")
+        parts[-1] = (
+            parts[-1]
+            .replace(f"]({EDF_PLOT})", f"]({rel / EDF_PLOT})")
+            .replace(f"]({SCORES_PLOT})", f"]({rel / SCORES_PLOT})")
+        )
+        echo(f"earlier stage {summary['stage']} ({d}): {verdict(summary)}")
     for d in dirs:
         summary, md = write_stage_report(d, n_boot)
         rel = d.relative_to(path) if d != path else Path(".")
@@ -263,10 +315,7 @@ def cmd_report(argv: list[str]) -> int:
     opts = dict(a.split("=", 1) for a in argv if "=" in a)
     unknown = set(opts) - {"bootstrap"}
     if unknown or len(dirs) != 1:
-        raise PeftdsError(
-            "usage: peftds report <search dir> [bootstrap=N]"
-            + (f" (unknown option(s) {sorted(unknown)})" if unknown else "")
-        )
+        raise PeftdsError(USAGE + (f" (unknown option(s) {sorted(unknown)})" if unknown else ""))
     n_boot = None
     if "bootstrap" in opts:
         if not opts["bootstrap"].isdigit() or int(opts["bootstrap"]) < 1:

@@ -51,6 +51,7 @@ from peftds.design.space import Space
 from peftds.errors import PeftdsError
 from peftds.files import BEST_DESIGN, SPACE_FINAL, STAGE_FILE, TRIALS_DIR, read_json, write_text_atomic
 from peftds.search.designs import ModelContext, StageDesigns, changed_settings
+from peftds.search.report import write_report
 from peftds.search.settings import SearchSetup
 from peftds.search.stage_run import StageResult, StageRun
 from peftds.search.stages import StageSpec, stage_chain
@@ -206,6 +207,7 @@ class Search:
                 last = self.run_stage(sub, space)
                 if last.next_space is None:
                     self.echo(f"[search] stopped after stage {sub.name}: {last.summary['message']}")
+                    self.write_report()
                     return 1
                 space = last.next_space
         if last is None:
@@ -216,7 +218,17 @@ class Search:
             shutil.copy(last.best_design, best)
             write_text_atomic(self.dir / SPACE_FINAL, yaml.safe_dump(space.to_config(), sort_keys=False))
             self.echo(f"[search] final design: {best}  (peftds train design={best})")
+        self.write_report()
         return 0
+
+    def write_report(self) -> None:
+        """report.md at the top of the search dir: every stage (and any earlier search it continues)."""
+        if not self.config.settings.report:
+            return
+        try:
+            self.echo(f"[search] report: {write_report(self.dir, echo=lambda *a: None)}")
+        except Exception as e:  # a plotting problem must not fail a finished search
+            self.echo(f"[search] report failed: {type(e).__name__}: {e}")
 
     def run_stage(self, spec: StageSpec, space: Space) -> StageResult:
         if spec.name not in self.stages_run:

@@ -76,9 +76,14 @@ class StageRun:
         self.trials = self.trials_of(meta)
         if self.settings.retry_failed:
             self.reset_failed()
-        added = self.reconcile()
-        if added:
-            self.echo(f"[search] {spec.name}: recorded {added} row(s) of trials that had finished earlier")
+        added, shared = self.reconcile()
+        if added - shared:
+            self.echo(f"[search] {spec.name}: recorded {added - shared} row(s) of trials that finished before a stop")
+        if shared:
+            self.echo(
+                f"[search] {spec.name}: reused {shared} row(s) of identical trials (design, task, seed, regime) "
+                "that an earlier stage trained"
+            )
         keys = self.keys()
         pending = [t for t in self.trials.values() if self.finished(t) is None]
         done_rows = len(self.table.keys() & keys)
@@ -189,11 +194,11 @@ class StageRun:
     def finished(self, trial: Trial) -> dict[str, Any] | None:
         return finished_result(self.search.trial_dir(trial.trial_id))
 
-    def reconcile(self) -> int:
+    def reconcile(self) -> tuple[int, int]:
         """Append a row for every finished trial whose row is missing (after a kill, or a trial shared
-        with another stage)."""
+        with another stage); returns (rows added, of which trained by another stage)."""
         have = self.table.keys()
-        rows = []
+        rows, shared = [], 0
         for t in self.trials.values():
             missing = [k for k in t.keys if k not in have]
             if not missing:
@@ -202,7 +207,9 @@ class StageRun:
             if rec is None:
                 continue
             rows += [trial_row(k, t, rec, self.settings.epochs, self.config.seed) for k in missing]
-        return self.table.append(rows)
+            shared += len(missing) if (rec.get("trial") or {}).get("stage") not in (None, self.spec.name) else 0
+        added = self.table.append(rows)
+        return added, min(shared, added)
 
     def reset_failed(self) -> None:
         """search.retry_failed: forget failed trials (their rows go, result.json -> result.failed.json)."""

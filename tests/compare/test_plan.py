@@ -47,8 +47,21 @@ def test_design_file_entry(tmp_path):
         "allocation: uniform\nstrategies: [[lora]]\n"
     )
     p = plan_of(f"compare.designs=[lora,{f}]", "compare.tasks=[sst2]", "compare.seeds=[1]")
-    assert [e.label for e in p.designs] == ["lora", "my_design"]
+    assert [e.label for e in p.designs] == ["lora", "mine"]  # the design's own name, not the file's
     assert p.runs[0].digest == p.runs[1].digest  # the same configuration as lora: the same digest
+
+
+def test_two_searches_best_designs_get_rows_told_apart_by_their_folders(tmp_path):
+    text = "defaults: [base_hparams, _self_]\nname: best_grouping\ngrouping: {groups: 1}\nstrategies: [[lora]]\n"
+    files = [tmp_path / run / "grouping" / "best_design.yaml" for run in ("run-a", "run-b")]
+    for f in files:
+        f.parent.mkdir(parents=True)
+        f.write_text(text)
+    p = plan_of(f"compare.designs=[{files[0]},{files[1]},lora]", "compare.tasks=[sst2]", "compare.seeds=[1]")
+    assert [e.label for e in p.designs] == ["best_grouping (run-a/grouping)", "best_grouping (run-b/grouping)", "lora"]
+    assert len({r.run_id for r in p.runs}) == 3
+    with pytest.raises(PeftdsError, match=r"repeats a design: best_grouping .*rename the file's `name:`"):
+        plan_of(f"compare.designs=[{files[0]},{files[0]}]", "compare.tasks=[sst2]", "compare.seeds=[1]")
 
 
 @pytest.mark.parametrize(
@@ -83,3 +96,9 @@ def test_bad_input_is_one_line(args, words):
 def test_keys_compare_decides_are_refused(arg):
     with pytest.raises(PeftdsError, match="peftds compare sets"):
         normalise([arg])
+
+
+def test_the_header_says_when_max_steps_cuts_training():
+    args = ("compare.designs=[lora]", "compare.tasks=[sst2]", "compare.seeds=[1]", "train.epochs=3")
+    assert plan_of(*args).length == "3 epochs"
+    assert plan_of(*args, "train.max_steps=20").length == "at most 20 steps (train.max_steps cuts 3 epochs)"

@@ -146,3 +146,11 @@ def test_ties_single_seeds_metric_columns_and_an_all_unlearned_table():
     md = to_markdown(t)
     assert t.unlearned == ["mrpc", "rte"] and "mrpc/accuracy ⚠" in md and "mrpc/f1 ⚠" in md
     assert "`avg` is empty: every task is unlearned" in md
+
+
+def test_csv_numbers_are_rounded_to_six_significant_digits():
+    from peftds.compare.render import csv_row
+
+    assert csv_row({"row": "lora", "a_mean": 57.99999999999999, "a_n": 3, "p": 1.234567891e-7}) == {
+        "row": "lora", "a_mean": 58.0, "a_n": 3, "p": 1.23457e-7,
+    }  # fmt: skip

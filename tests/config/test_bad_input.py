@@ -160,6 +160,14 @@ CASES = [
     (["train", "train.stop_epoch=1", "train.max_steps=5"], "train.stop_epoch"),
     (["train", "train.checkpoint_steps=-1"], "train.checkpoint_steps"),
     (["search", *SEARCH, "train.max_steps=-1", "train.stop_epoch=1"], "train.stop_epoch"),
+    (["inspect", "model=tiny_t5", "design=lora", "model.shape.d_model=abc"], "model.shape.d_model must be int"),
+    (["train", "model=tiny_t5", "+model.shape.d_modl=3"], "did you mean model.shape.d_model?"),
+    (["inspect", "model=tiny_bert", "model.shape.hidden_dropout_prob=high"], "hidden_dropout_prob must be a number"),
+    (["train", "train.epoch=1"], "unknown key train.epoch (did you mean train.epochs?)"),
+    (["search", "stage=grouing"], "unknown stage option 'grouing' (did you mean grouping?"),
+    (["compare", "compare=cpuu"], "did you mean cpu?"),
+    (["bench", "--design", "lora"], "e.g. design=lora"),
+    (["trian"], "did you mean train?"),
 ]
 
 # Real bad input the code does not (yet) turn into exit 2 + one line before any model loads:

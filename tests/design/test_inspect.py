@@ -58,3 +58,15 @@ def test_design_file_path(tmp_path, capsys):
     assert code == 0
     rep = json.loads(out)
     assert rep["groups"] == [2, 4] and rep["layers"][0]["modules"] == {}
+
+
+def test_full_fine_tuning_shows_each_blocks_weights_and_no_budget(capsys):
+    """design=full: every layer row counts its block's weights; no '% of budget' (no budget applies)."""
+    code, out, _ = run_main(capsys, "inspect", "model=tiny_bert", "design=full", "format=json")
+    rep = json.loads(out)
+    per_layer = [layer["modules"]["full"]["params"] for layer in rep["layers"]]
+    assert code == 0 and rep["full"] and len(per_layer) == 6 and min(per_layer) > 0
+    assert sum(per_layer) < rep["trainable_params"] == rep["backbone_params"]  # embeddings train too
+    code, out, _ = run_main(capsys, "inspect", "model=tiny_bert", "design=full")
+    assert code == 0 and "% of budget" not in out and "full fine-tuning (every weight)" in out
+    assert f"{per_layer[0]:,}" in out.splitlines()[1]

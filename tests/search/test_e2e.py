@@ -57,6 +57,9 @@ def test_real_chain_in_process(tmp_path, data_dir, compose_cfg):
     cfg = compose_cfg("model=tiny_bert", f"design={sdir / 'best_design.yaml'}")
     assert cfg.design.allocation == winner_alloc and len(cfg.design.grouping.sizes) == 4
     assert any("[allocation] 2/2 trials" in str(line) and "leader:" in str(line) for line in out)
+    report = (sdir / "report.md").read_text()  # the chain's own top-level report, every stage in it
+    assert "Stage `allocation`" in report and "Stage `strategy_g1`" in report and "## Final design" in report
+    assert not any("finished before a stop" in str(line) for line in out)  # a fresh search was never stopped
 
 
 @pytest.mark.slow
