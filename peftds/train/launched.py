@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import os
+import resource
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,8 +94,23 @@ def run_launched(cfg: Any, *, gpu_slots: int | None, threads: int | None) -> dic
         ):
             rec = job.train_job(run, run_dir)  # looked up at call time (tests stand in for training here)
         rec["device"] = device
+        if rec.get("status") == "failed" and (limit := memory_limit_note()):
+            rec["error"] = f"{rec.get('error')} ({limit})"
         write_json_atomic(run_dir / RESULT_FILE, rec)
     return rec
+
+
+def memory_limit_note(margin_mb: float = 256.0) -> str:
+    """A note when this process is at its address-space limit (RLIMIT_AS): then an allocation failed, whatever
+    the library's error says (oneDNN: "could not create a primitive"); empty otherwise."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return ""
+    with open("/proc/self/status") as fh:
+        used = next((int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize")), 0)
+    if used + margin_mb * 2**20 < soft:
+        return ""
+    return f"out of memory: the process is at its address-space limit of {soft / 2**20:.0f} MiB"
 
 
 @contextlib.contextmanager

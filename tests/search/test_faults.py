@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from peftds.cli import main
-from peftds.files import RUN_LOCK, run_holder
+from peftds.files import RUN_LOCK, read_json, run_holder
 from peftds.search.launch import run_search
 
 from .helpers import rows
@@ -201,7 +201,7 @@ def running_trials(trials: Path) -> dict[str, int]:
     out = {}
     for lock in trials.glob(f"*/{RUN_LOCK}"):
         holder = run_holder(lock)
-        if holder and (lock.parent / "result.json").exists():
+        if holder and "plan" in (read_json(lock.parent / "result.json") or {}):  # model built: it trains now
             out[lock.parent.name] = int(holder.split()[-1])
     return out
 
@@ -214,7 +214,7 @@ def case_trial_processes_die(tmp_path, data_dir, capsys, monkeypatch):
 
     trials, table = tmp_path / "s" / "trials", tmp_path / "s" / "allocation" / "trials.csv"
     args = [a for a in search_args(tmp_path, data_dir) if a != "~stage.options.increasing"]  # three trials
-    args += ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "train.max_steps=300"]
+    args += ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "train.max_steps=100"]
     proc = spawn("search", args, tmp_path / "run1.log")
     faults = [signal.SIGKILL, signal.SIGSEGV, "memory"]
     hit: dict[str, object] = {}
@@ -250,7 +250,7 @@ def case_sigterm_joblib(tmp_path, data_dir, capsys, monkeypatch):
     """SIGTERM of a search whose trials run in joblib workers: it stops in one line, the workers stop, the
     rerun resumes."""
     trials, table = tmp_path / "s" / "trials", tmp_path / "s" / "allocation" / "trials.csv"
-    args = search_args(tmp_path, data_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "train.max_steps=300")
+    args = search_args(tmp_path, data_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "train.max_steps=100")
     proc = spawn("search", args, tmp_path / "run1.log")
     deadline = time.time() + 300
     while not running_trials(trials) and proc.poll() is None and time.time() < deadline:
