@@ -136,7 +136,7 @@ def run_lock(path: str | Path) -> Iterator[bool]:
 
 
 def run_holder(path: str | Path) -> str | None:
-    """"<host> <pid>" of the process holding a run lock, None when no process holds it."""
+    """The holder ("<host> <pid>") of a run lock; None when no process holds it."""
     try:
         fh = open(path)  # noqa: SIM115 - closed below, after the probe
     except FileNotFoundError:
