@@ -8,6 +8,7 @@
 #   scripts/slurm_local.sh down      stops the daemons by their own pids and removes the dir
 #   scripts/slurm_local.sh env       prints the export line of a running cluster
 #
+# The node has the machine's CPUs and two stand-in GPUs (gres without devices, for GPU requests: search.gpu_slots).
 # Partitions: `main` (default) and `urgent`, whose jobs preempt `main` jobs with requeue (PreemptMode=REQUEUE;
 # the job's --signal, e.g. submitit's USR2, is sent at preemption: preempt_send_user_signal). Short scheduler
 # intervals and a 5 s credential expiry, so a requeued job starts again within seconds. Accounting goes to
@@ -133,9 +134,11 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=$((PORT + 2))
 AccountingStoragePass=$DIR/run/munge.socket
+AccountingStorageTRES=gres/gpu
 JobCompType=jobcomp/none
 MailProg=/bin/true
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
+GresTypes=gpu
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:2 State=UNKNOWN
 PartitionName=main Nodes=ALL Default=YES PriorityTier=1 PreemptMode=REQUEUE GraceTime=10 MaxTime=INFINITE State=UP
 PartitionName=urgent Nodes=ALL PriorityTier=10 PreemptMode=OFF MaxTime=INFINITE State=UP
 EOF
@@ -157,6 +160,8 @@ StorageLoc=slurm_acct_db
 EOF
   chmod 600 "$DIR/etc/slurmdbd.conf"
   : >"$DIR/etc/cgroup.conf"
+  # two stand-in GPUs (no device behind them): jobs that ask for GPUs are scheduled and get CUDA_VISIBLE_DEVICES
+  printf 'Name=gpu File=/dev/null\nName=gpu File=/dev/zero\n' >"$DIR/etc/gres.conf"
 }
 
 start_munge() {

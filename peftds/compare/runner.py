@@ -40,7 +40,7 @@ from peftds.files import (
     RESULT_FILE,
     file_lock,
 )
-from peftds.search.launch import hydra_session, override_key
+from peftds.search.launch import hydra_session, override_key, slurm_gpu_args
 from peftds.search.stage_run import duration
 from peftds.search.store import TrialTable
 from peftds.search.trial import effective_status, finished_result, job_error, launcher_error
@@ -346,6 +346,7 @@ def hydra_arguments(args: Sequence[str], cdir: Path) -> list[str]:
     own = [f"file://{cdir / CONF_SUBDIR}"] if (cdir / CONF_SUBDIR).is_dir() else []  # Hydra warns of a missing one
     paths = ",".join([*own, *[p for p in user_paths if p]])
     return [
+        *slurm_gpu_args(args, "compare.gpu_slots"),
         *[a for a in args if override_key(a) != "hydra.searchpath"],
         f"hydra.sweep.dir={cdir}",
         *([f"hydra.searchpath=[{paths}]"] if paths else []),

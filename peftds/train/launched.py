@@ -75,7 +75,7 @@ def run_launched(cfg: Any, *, gpu_slots: int | None, threads: int | None) -> dic
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     run = RunConfig.from_composed(cfg)
-    if gpu_slots:
+    if gpu_slots and "SLURM_JOB_ID" not in os.environ:  # on SLURM the scheduler gave the job its GPU
         claim_gpu_slot(gpu_slots, run_dir.parent.parent)
     if threads:
         torch.set_num_threads(threads)

@@ -41,7 +41,8 @@ def test_search_on_slurm_scores_like_local(slurm, tmp_path, data_dir):
             "~stage.options.increasing", "search.trial_threads=1"]  # fmt: skip
     assert run_search([*base, f"search.dir={tmp_path / 'local'}"], echo=quiet) == 0
     before = {j for j, _ in sacct_jobs("search")}
-    assert run_search([*base, f"search.dir={tmp_path / 'slurm'}", *SLURM], echo=quiet) == 0
+    # search.gpu_slots=2: each trial job asks for one of the node's two (stand-in) GPUs, two at once
+    assert run_search([*base, f"search.dir={tmp_path / 'slurm'}", "search.gpu_slots=2", *SLURM], echo=quiet) == 0
     local = rows(tmp_path / "local" / "allocation" / "trials.csv")
     remote = rows(tmp_path / "slurm" / "allocation" / "trials.csv")
     assert len(remote) == 2 and {r["status"] for r in remote} == {"ok"}
@@ -49,6 +50,9 @@ def test_search_on_slurm_scores_like_local(slurm, tmp_path, data_dir):
     jobs = settled_jobs("search", before)
     assert len(jobs) == 2 and {s for _, s in jobs} == {"COMPLETED"}
     assert len({j.split("_")[0] for j, _ in jobs}) == 1  # one array job, one task per trial
+    tres = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "AllocTRES", "-j", jobs[0][0].split("_")[0]],
+                          capture_output=True, text=True, check=True, timeout=60).stdout.split()  # fmt: skip
+    assert len(tres) == 2 and all("gres/gpu=1" in t for t in tres), tres
 
 
 def test_compare_on_slurm_scores_like_local(slurm, tmp_path, data_dir):
