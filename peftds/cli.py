@@ -136,7 +136,8 @@ def command_help(name: str) -> str:
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a scheduler stopping the job) stops a command like Ctrl-C: runs record `interrupted`."""
+    """SIGTERM (a scheduler stopping the job) stops a command like Ctrl-C (a run training at that moment first
+    saves a checkpoint and records `preempted`: peftds.train.checkpoint.PreemptionGuard)."""
 
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt

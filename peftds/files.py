@@ -24,6 +24,9 @@ DESIGN_DIR = "design"  # trained strategy params + plan inside a run dir
 PLAN_FILE = "plan.yaml"
 WEIGHTS_FILE = "strategy_params.safetensors"
 PREDICTIONS_FILE = "predictions.jsonl"  # per-example dev predictions of the scored split
+CHECKPOINTS_DIR = "checkpoints"  # a run's resumable state: checkpoints/step-<global step>/ (the newest counts)
+CHECKPOINT_STATE = "peftds_state.json"  # inside a checkpoint: the run's own bookkeeping (epochs, config, ...)
+TRAINABLE_FILE = "trainable.safetensors"  # inside a checkpoint: the trainable parameters (strategies + head)
 FAILED_RESULT = "result.failed.json"  # a failed trial's record, set aside by search.retry_failed
 # A search dir
 SEARCH_STATE = "search.json"

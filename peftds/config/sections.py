@@ -51,6 +51,26 @@ class DataConfig(Section):
             raise PeftdsError(f"{where}.heldout must be a fraction < 1 or a whole row count, got {self.heldout}")
 
 
+COSMETIC_MODEL_KEYS = {"name"}  # the config's own name; the model itself is name_or_path / arch / shape
+COSMETIC_DATA_KEYS = {"dir", "source"}  # where the data is read from, not what it is
+# train.* keys that do not change what a run computes (left out of trial and run identities and out of the
+# check that a checkpoint belongs to the run continuing it); divergence only decides when a failing run stops
+COSMETIC_TRAIN_KEYS = {
+    "progress",
+    "logging_steps",
+    "report_to",
+    "output_dir",
+    "save_params",
+    "catch_errors",
+    "divergence",
+    "save_predictions",
+    # how a run keeps its resumable state, and how far along its schedule it goes this time (the fidelity)
+    "checkpoint_steps",
+    "keep_checkpoint",
+    "resume",
+    "stop_epoch",
+}
+
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 
 
@@ -83,6 +103,12 @@ class TrainConfig(Section):
     divergence: float = setting(
         1000.0, "stop as diverged when a logged loss exceeds this many times the first logged loss", gt=1.0
     )
+    stop_epoch: int | None = setting(
+        None, "stop after this epoch of the train.epochs schedule, resumable (null: train.epochs)", ge=1
+    )
+    checkpoint_steps: int = setting(0, "also keep a resumable checkpoint every this many steps (0: epochs only)", ge=0)
+    keep_checkpoint: bool = setting(False, "keep the checkpoint once the whole schedule is trained")
+    resume: bool = setting(True, "continue from the run dir's checkpoint (false: start over)")
 
     def check(self, where: str) -> None:
         if isinstance(self.bf16, str) and self.bf16 != "auto":
@@ -91,6 +117,10 @@ class TrainConfig(Section):
             raise PeftdsError(f"{where}.eval_split must be validation or heldout, got {self.eval_split!r}")
         if self.max_steps == 0:
             raise PeftdsError(f"{where}.max_steps must be -1 (off) or >= 1, got 0")
+        if self.stop_epoch is not None and self.stop_epoch > self.epochs:
+            raise PeftdsError(f"{where}.stop_epoch ({self.stop_epoch}) is past train.epochs ({self.epochs})")
+        if self.stop_epoch is not None and self.max_steps > 0:
+            raise PeftdsError(f"{where}.stop_epoch needs an epoch schedule: set train.max_steps=-1")
         if self.length_buckets is not None and (not self.length_buckets or min(self.length_buckets) < 1):
             raise PeftdsError(f"{where}.length_buckets must be positive lengths, got {self.length_buckets}")
 

@@ -313,8 +313,8 @@ def run_search(argv: Sequence[str], echo: Callable[..., Any] = print) -> int:
 
 
 def cmd_search(argv: list[str]) -> int:
-    """The `peftds search` command (the CLI turns SIGTERM into Ctrl-C: the running trial records
-    `interrupted`, finished trials are kept)."""
+    """The `peftds search` command (the CLI turns SIGTERM into Ctrl-C: the running trial saves a checkpoint
+    and records `preempted`, finished trials are kept)."""
     try:
         return run_search(argv, echo=lambda *a: print(*a, flush=True))
     except KeyboardInterrupt:

@@ -15,26 +15,12 @@ from typing import Any
 
 from peftds.config.compose import conf_dir, plain
 from peftds.config.schema import convert
-from peftds.config.sections import SearchConfig
+from peftds.config.sections import COSMETIC_DATA_KEYS, COSMETIC_MODEL_KEYS, COSMETIC_TRAIN_KEYS, SearchConfig
 from peftds.data.tasks import known_tasks, task_set
 from peftds.errors import PeftdsError
 from peftds.run_config import RunConfig
 from peftds.search.racing import RaceSettings
 
-# train.* keys that do not change what a trial computes (left out of the regime hash)
-# (divergence only decides when a failing run stops)
-COSMETIC_TRAIN_KEYS = {
-    "progress",
-    "logging_steps",
-    "report_to",
-    "output_dir",
-    "save_params",
-    "catch_errors",
-    "divergence",
-    "save_predictions",
-}
-COSMETIC_DATA_KEYS = {"dir", "source"}
-COSMETIC_MODEL_KEYS = {"name"}  # the config's own name; the model itself is name_or_path / arch / shape
 REGIME_SECTIONS = ("model", "budget", "data", "train")
 
 
@@ -118,7 +104,8 @@ class SearchSetup:
         """Read the composed config (an OmegaConf object or a plain mapping) in one place; every section is
         checked (RunConfig) before anything is sampled or trained."""
         settings = search_settings(cfg.get("search"))
-        RunConfig.from_composed(cfg)
+        if RunConfig.from_composed(cfg).train.stop_epoch is not None:  # a trial's fidelity is the stage's choice
+            raise PeftdsError("train.stop_epoch cannot be set for a whole search: its trials train search.epochs")
         tasks = search_tasks(settings)
         sections = {k: plain(cfg.get(k)) for k in REGIME_SECTIONS}
         launcher = (cfg.get("hydra") or {}).get("launcher") or {}  # only two scalars: no need to resolve it all

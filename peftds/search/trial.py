@@ -20,8 +20,11 @@ from peftds.files import RESULT_FILE, read_json
 from peftds.search.designs import Sample
 from peftds.train.launched import run_launched
 
-FINISHED = ("ok", "failed", "diverged")
-RETURNED_KEYS = ("status", "error", "score", "best", "wall_time_s", "trainable_params", "device", "run_dir")
+FINISHED = ("ok", "failed", "diverged")  # failed and diverged at every fidelity, ok up to its epochs
+RETURNED_KEYS = (
+    "status", "error", "score", "best", "wall_time_s", "trainable_params", "device", "run_dir", "epochs_trained",
+    "complete",
+)  # fmt: skip
 
 
 @dataclass
@@ -35,7 +38,9 @@ class Trial:
 
 
 def trial_id(digest: str, task: str, seed: int, regime_hash: str) -> str:
-    """A trial's identity: design digest, task, seed and training regime (existing search dirs depend on it)."""
+    """A trial's identity: design digest, task, seed and training regime (existing search dirs depend on it).
+    The regime holds the schedule's horizon (train.epochs) but not the fidelity (train.stop_epoch): a trial
+    stopped after epoch k and the same trial continued to the end are one trial, one dir, one checkpoint."""
     return f"{digest}-{task}-s{seed}-r{regime_hash}"
 
 
@@ -44,12 +49,24 @@ def read_result(trial_dir: Path) -> dict[str, Any] | None:
     return read_json(Path(trial_dir) / RESULT_FILE)
 
 
-def finished_result(trial_dir: Path) -> dict[str, Any] | None:
-    """The record of a finished (ok or failed) trial, None for one not run yet or interrupted."""
+def trained_epochs(rec: Mapping[str, Any]) -> float:
+    """Epochs a record's run has trained (a record older than checkpoints trained its whole schedule)."""
+    if rec.get("complete", True):
+        return math.inf
+    return float(rec.get("epochs_trained") or 0)
+
+
+def finished_result(trial_dir: Path, epochs: int | None = None) -> dict[str, Any] | None:
+    """The record of a trial finished at fidelity `epochs` (None: its whole schedule), ok or failed; None for
+    one not run yet, interrupted, or stopped before that epoch (train.stop_epoch, a preemption): running it
+    again continues it from its checkpoint. A preempted run counts at the epochs it completed."""
     rec = read_result(trial_dir)
-    if rec is None or rec.get("status") not in FINISHED:
-        return None
-    return rec
+    status = None if rec is None else rec.get("status")
+    if status in FINISHED and status != "ok":
+        return rec
+    if status == "ok" or (status == "preempted" and epochs is not None):
+        return rec if trained_epochs(rec) >= (math.inf if epochs is None else epochs) else None
+    return None
 
 
 def effective_status(rec: Mapping[str, Any] | None) -> str | None:

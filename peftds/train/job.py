@@ -1,8 +1,10 @@
 """`peftds train`: fine-tune one design on one task with the HF Trainer and record the run.
 
 Every run writes ``result.json`` into its Hydra run dir as it goes (status running -> ok / failed /
-interrupted, per-epoch metrics) and the trained strategy parameters (peftds.design.apply save format).
-The same job function serves search trials (peftds.search.runner), which read its returned record.
+interrupted / preempted, per-epoch metrics) and the trained strategy parameters (peftds.design.apply save
+format). A run keeps a resumable checkpoint (peftds.train.checkpoint) and continues from it when run again
+in the same dir: after a preemption signal, or with a later train.stop_epoch. The same job function serves
+search trials (peftds.search.runner), which read its returned record.
 """
 
 from __future__ import annotations
@@ -21,15 +23,25 @@ from peftds.data.loading import choose_source, encode, load_splits, references
 from peftds.data.metrics import compute_metrics
 from peftds.design.apply import build, save_trained
 from peftds.errors import PeftdsError
-from peftds.files import DESIGN_DIR, PREDICTIONS_FILE, git_commit, versions
+from peftds.files import DESIGN_DIR, PREDICTIONS_FILE, RESULT_FILE, git_commit, read_json, versions
 from peftds.model.backbones import hf_config, is_seq2seq
 from peftds.run_config import RunConfig
+from peftds.train.checkpoint import (
+    PreemptionGuard,
+    checkpoint_bytes,
+    checkpoint_state,
+    continuation_problem,
+    delete_checkpoints,
+    latest_checkpoint,
+    trajectory,
+)
 from peftds.train.evaluation import predict
 from peftds.train.record import RunRecord, peak_memory_mb, summary_line, write_predictions
 from peftds.train.setup import load_tokenizer, quiet_libraries
 from peftds.train.trainer import Diverged, trainer_classes
 
 CLI_COMMANDS: dict[str, Any] = {}
+PREEMPTED_EXIT = 3  # `peftds train` stopped by a preemption signal after saving a checkpoint: rerun to continue
 
 
 def hydra_run_dir() -> Path | None:
@@ -51,10 +63,34 @@ def check_task_fits_model(run: RunConfig) -> None:
         )
 
 
-def train_job(run: RunConfig, run_dir: Path | None = None) -> dict[str, Any]:
-    """Train run.design on run.task; returns the result record (also written to result.json)."""
+def resume_checkpoint(run: RunConfig, run_dir: Path) -> Path | None:
+    """The checkpoint this run continues from (None: it starts from scratch). A checkpoint of another run,
+    or one that cannot continue to this schedule, stops here with one line, before anything is written;
+    train.resume=false deletes it instead."""
+    if not run.train.resume:
+        delete_checkpoints(run_dir)
+        return None
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        return None
+    problem = continuation_problem(checkpoint_state(ckpt), run.config)
+    if problem:
+        raise PeftdsError(f"run dir {run_dir}: {problem}; use another run dir, or train.resume=false to start over")
+    return ckpt
+
+
+def train_job(run: RunConfig, run_dir: Path | None = None, pass_on_signal: bool = True) -> dict[str, Any]:
+    """Train run.design on run.task; returns the result record (also written to result.json).
+
+    A preemption signal (SIGUSR2, SIGTERM) during training saves a checkpoint and ends the run as
+    `preempted`; with pass_on_signal the signal then goes on to the handler that was there before (a
+    launcher's requeue, the CLI's interrupt)."""
     start = time.time()
     run_dir = Path(run_dir or hydra_run_dir() or run.train.output_dir or "outputs/train/manual")
+    resume = resume_checkpoint(run, run_dir)
+    done = read_json(run_dir / RESULT_FILE) if resume is not None and run.train.stop_epoch else None
+    if done and done.get("status") == "ok" and (done.get("epochs_trained") or 0) >= run.train.stop_epoch:
+        return done  # already trained past this epoch (a lower fidelity asked again): nothing to do
     rec = RunRecord(
         run_dir,
         task=run.task.name if run.task else None,
@@ -65,23 +101,30 @@ def train_job(run: RunConfig, run_dir: Path | None = None) -> dict[str, Any]:
         git_commit=git_commit(),
         trial=run.trial,
     )
+    guard = PreemptionGuard()
     try:
-        _train(run, run_dir, rec, start)
+        with guard:
+            _train(run, run_dir, rec, start, resume, guard)
     except KeyboardInterrupt:
         rec.update(status="interrupted", error="interrupted by the user", wall_time_s=time.time() - start)
         raise
     except Diverged as e:
         rec.update(status="diverged", error=str(e), wall_time_s=time.time() - start)
+        delete_checkpoints(run_dir)  # continuing would continue the divergence
     except PeftdsError as e:
         rec.update(status="failed", error=str(e), wall_time_s=time.time() - start)
     except Exception as e:  # a crashed trial must not lose its record (the search goes on)
         rec.update(status="failed", error=f"{type(e).__name__}: {e}", wall_time_s=time.time() - start)
         if not run.train.catch_errors:
             raise
+    if rec.data.get("status") == "preempted" and pass_on_signal:
+        guard.pass_on()
     return rec.data
 
 
-def _train(run: RunConfig, run_dir: Path, rec: RunRecord, start: float) -> None:
+def _train(
+    run: RunConfig, run_dir: Path, rec: RunRecord, start: float, resume: Path | None, guard: PreemptionGuard
+) -> None:
     from transformers import TrainingArguments, set_seed
 
     quiet_libraries()
@@ -137,7 +180,13 @@ def _train(run: RunConfig, run_dir: Path, rec: RunRecord, start: float) -> None:
         epochs=[],
     )
 
-    epochs: list[dict[str, Any]] = []
+    # on a continued run: the bookkeeping of the epochs already trained (scores, first logged loss, wall time)
+    book = checkpoint_state(resume) if resume is not None else {}
+    epochs: list[dict[str, Any]] = list(book.get("epochs") or [])
+    earlier_wall = float(book.get("wall_time_s") or 0.0)
+    if epochs:
+        best = max(epochs, key=lambda e: e["score"])
+        rec.update(epochs=epochs, best=best, last=epochs[-1], score=best["score"])
 
     def eval_fn(m: torch.nn.Module) -> dict[str, float]:
         metrics, scored = {}, []
@@ -181,7 +230,21 @@ def _train(run: RunConfig, run_dir: Path, rec: RunRecord, start: float) -> None:
         disable_tqdm=not tc.progress,
         torch_compile=False,  # train.compile: PeftdsTrainer compiles the training forward itself
     )
-    trainer_cls, guard = trainer_classes()
+    trainer_cls, loss_guard_cls, trigger_cls = trainer_classes()
+    loss_guard = loss_guard_cls(tc.divergence, tc.lr)
+    loss_guard.first = book.get("first_loss")
+    run_trajectory, train_section = trajectory(run.config), dict(run.config.get("train") or {})
+
+    def bookkeeping() -> dict[str, Any]:
+        """What a checkpoint keeps besides HF's state (peftds.train.checkpoint)."""
+        return {
+            "epochs": epochs,
+            "first_loss": loss_guard.first,
+            "wall_time_s": earlier_wall + time.time() - start,
+            "trajectory": run_trajectory,
+            "train": train_section,
+        }
+
     trainer = trainer_cls(
         model=model,
         args=args,
@@ -196,28 +259,56 @@ def _train(run: RunConfig, run_dir: Path, rec: RunRecord, start: float) -> None:
         eval_fn=eval_fn,
         length_grouped=bool(tc.length_grouped),
         compile=bool(tc.get("compile", False)),
-        callbacks=[guard(tc.divergence, tc.lr)],
+        callbacks=[loss_guard, trigger_cls(guard, tc.checkpoint_steps, tc.stop_epoch, tc.keep_checkpoint)],
+        checkpoint_dir=run_dir,
+        bookkeeping=bookkeeping,
     )
+    resumed_at = float(book.get("epoch") or 0.0)
+    if resume is not None:
+        rec.update(resumed_from={"checkpoint": resume.name, "step": book["global_step"], "epoch": resumed_at})
     t0 = time.time()
-    out = trainer.train()
+    out = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     train_time = time.time() - t0
     if trainer.compiled is not None:  # compilations over the run: one per batch shape used
         rec.update(compile=trainer.compiled.stats())
+    state = trainer.state
+    complete = state.global_step >= state.max_steps
+    progress = {
+        "steps": state.global_step,
+        "epochs_trained": len(epochs) if int(tc.max_steps) <= 0 else float(state.epoch or 0),
+        "schedule_epochs": int(tc.epochs),
+        "complete": complete,
+        "train_runtime_s": train_time,
+        "checkpoints_saved": trainer.checkpoints_saved,
+        "checkpoint_seconds": trainer.checkpoint_seconds,
+        "loss_history": [[h["step"], h["loss"]] for h in state.log_history if "loss" in h],
+    }
+    if guard.received is not None and not complete:
+        rec.update(
+            status="preempted",
+            error=f"stopped by {guard.signal_name} at step {state.global_step} (epoch {state.epoch:.2f}) after "
+            "saving a checkpoint: run the same command again to continue",
+            checkpoint_bytes=checkpoint_bytes(run_dir),
+            wall_time_s=earlier_wall + time.time() - start,
+            **progress,
+        )
+        return
     if int(tc.max_steps) > 0 or not epochs:  # step-limited runs evaluate once at the end
         trainer.evaluate()
     real_tokens = sum(train_ds["length"])
-    epochs_done = float(trainer.state.epoch or 0)
+    epochs_done = float(state.epoch or 0) - resumed_at  # trained by this process
     if tc.save_params:
         save_trained(built, run_dir / DESIGN_DIR, extra={"task": task.name})
+    if complete and not tc.keep_checkpoint:  # nothing left to continue: free the disk
+        delete_checkpoints(run_dir)
     rec.update(
         status="ok",
         train_loss=out.training_loss,
-        loss_history=[[h["step"], h["loss"]] for h in trainer.state.log_history if "loss" in h],
-        train_runtime_s=train_time,
-        steps=trainer.state.global_step,
         train_tokens_per_s=real_tokens * epochs_done / max(train_time, 1e-9),
         peak_memory_mb=peak_memory_mb(),
-        wall_time_s=time.time() - start,
+        checkpoint_bytes=checkpoint_bytes(run_dir),
+        wall_time_s=earlier_wall + time.time() - start,
+        **progress,
     )
 
 
@@ -236,8 +327,11 @@ def run_hydra(task_fn: Callable[[Any], Any], argv: list[str], job_name: str) -> 
 
     @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
     def _app(cfg: Any) -> Any:
-        result["value"] = task_fn(cfg)
-        return result["value"]
+        try:
+            result["value"] = task_fn(cfg)
+        except PeftdsError as e:  # one line from the CLI (Hydra would print a traceback)
+            result["error"] = e
+        return result.get("value")
 
     old = sys.argv
     sys.argv = [f"peftds-{job_name}", *expand_file_overrides(argv), f"hydra.job.name={job_name}"]
@@ -245,15 +339,17 @@ def run_hydra(task_fn: Callable[[Any], Any], argv: list[str], job_name: str) -> 
         _app()
     finally:
         sys.argv = old
+    if "error" in result:
+        raise result["error"]
     return result.get("value")
 
 
 def cmd_train(argv: list[str]) -> int:
-    rec = run_hydra(lambda cfg: train_job(RunConfig.from_composed(cfg)), argv, "train")
+    rec = run_hydra(lambda cfg: train_job(RunConfig.from_composed(cfg), pass_on_signal=False), argv, "train")
     if rec is None:
         return 1
     print(summary_line(rec))
-    return 0 if rec.get("status") == "ok" else 1
+    return {"ok": 0, "preempted": PREEMPTED_EXIT}.get(rec.get("status"), 1)
 
 
 CLI_COMMANDS["train"] = cmd_train

@@ -1,15 +1,25 @@
-"""The HF Trainer as peftds uses it: length-grouped batches, task evaluation, a loss guard."""
+"""The HF Trainer as peftds uses it: length-grouped batches, task evaluation, a loss guard, resumable
+checkpoints of the trainable parameters only (peftds.train.checkpoint)."""
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from peftds.data.batching import LengthGroupedBatchSampler
+from peftds.train.checkpoint import (
+    PreemptionGuard,
+    load_trainable,
+    save_trainable,
+    write_checkpoint_state,
+    writing_checkpoint,
+)
 from peftds.train.compile import CompiledModel
 
 if TYPE_CHECKING:
@@ -34,8 +44,13 @@ def divergence(loss: float, first: float | None, factor: float) -> str | None:
     return None
 
 
-def trainer_classes() -> tuple[type[Trainer], type[TrainerCallback]]:
-    """(PeftdsTrainer, LossGuard), made on first use so that importing peftds stays light."""
+def epoch_complete(epoch: float | None) -> bool:
+    """Whether HF's fractional epoch counter (epoch + batches done / batches per epoch) sits on an epoch end."""
+    return epoch is not None and epoch > 0 and abs(epoch - round(epoch)) < 1e-9
+
+
+def trainer_classes() -> tuple[type[Trainer], type[TrainerCallback], type[TrainerCallback]]:
+    """(PeftdsTrainer, LossGuard, CheckpointTrigger), made on first use so that importing peftds stays light."""
     from transformers import Trainer, TrainerCallback
 
     class PeftdsTrainer(Trainer):
@@ -48,10 +63,15 @@ def trainer_classes() -> tuple[type[Trainer], type[TrainerCallback]]:
             eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
             length_grouped: bool = True,
             compile: bool = False,
+            checkpoint_dir: Path | None = None,
+            bookkeeping: Callable[[], dict[str, Any]] | None = None,
             **kw: Any,
         ):
             super().__init__(*args, **kw)
             self._lengths, self._eval_fn, self._length_grouped = lengths, eval_fn, length_grouped
+            # resumable checkpoints go to <checkpoint_dir>/checkpoints (None: none), with the run's bookkeeping
+            self.checkpoint_dir, self.bookkeeping = checkpoint_dir, bookkeeping
+            self.checkpoints_saved, self.checkpoint_seconds = 0, 0.0  # what checkpoints cost this run
             # train.compile: training forwards go through torch.compile (static shapes: one compilation per
             # batch shape, counted; peftds.train.compile.CompiledModel); evaluation stays eager.
             self.compiled = None
@@ -86,6 +106,29 @@ def trainer_classes() -> tuple[type[Trainer], type[TrainerCallback]]:
             self.model.train()
             return metrics
 
+        def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+            """A resumable checkpoint in HF's own layout (so HF's resume restores optimizer, scheduler, RNG
+            states and the data position), but with the trainable parameters only."""
+            if self.checkpoint_dir is None:
+                return
+            t0 = time.perf_counter()
+            with writing_checkpoint(self.checkpoint_dir) as tmp:
+                save_trainable(self.model, tmp)
+                self._save_optimizer_and_scheduler(str(tmp))
+                self._save_scaler(str(tmp))
+                self._save_rng_state(str(tmp))
+                self.state.save_to_json(str(tmp / "trainer_state.json"))
+                loader = self.callback_handler.train_dataloader
+                steps_per_epoch = max(math.ceil(len(loader) / self.args.gradient_accumulation_steps), 1)
+                book = {"global_step": self.state.global_step, "epoch": self.state.epoch}
+                book.update(steps_per_epoch=steps_per_epoch, **(self.bookkeeping() if self.bookkeeping else {}))
+                write_checkpoint_state(tmp, book)
+            self.checkpoints_saved += 1
+            self.checkpoint_seconds += time.perf_counter() - t0
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+            load_trainable(model or self.model, Path(resume_from_checkpoint))
+
     class LossGuard(TrainerCallback):
         """Stop at the first logged loss that diverges (HF would otherwise train on NaNs or explode)."""
 
@@ -109,4 +152,36 @@ def trainer_classes() -> tuple[type[Trainer], type[TrainerCallback]]:
             if self.first is None:
                 self.first = loss
 
-    return PeftdsTrainer, LossGuard
+    class CheckpointTrigger(TrainerCallback):
+        """When to save a resumable checkpoint and stop: after every epoch (after its evaluation), every
+        `every_steps` optimizer steps (0: never), at the end of a step-limited run, and at the end of the
+        step during which `guard` received a preemption signal (then the run stops without evaluating the
+        partial epoch). Training stops after epoch `stop_epoch` (None: the whole schedule). The end of the
+        whole schedule is saved only with `keep_final` (else nothing is left to continue)."""
+
+        def __init__(
+            self, guard: PreemptionGuard, every_steps: int = 0, stop_epoch: int | None = None, keep_final: bool = False
+        ) -> None:
+            self.guard, self.every_steps, self.stop_epoch = guard, int(every_steps), stop_epoch
+            self.keep_final = keep_final
+
+        def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+            if self.guard.received is not None and not epoch_complete(state.epoch):
+                control.should_save = control.should_training_stop = True
+            elif self.every_steps and state.global_step % self.every_steps == 0:
+                control.should_save = True
+            elif args.max_steps > 0 and state.global_step >= state.max_steps:
+                control.should_save = self.keep_final
+
+        def on_epoch_end(
+            self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+        ) -> None:
+            if not epoch_complete(state.epoch):  # stopped mid-epoch (saved at the end of its last step)
+                control.should_evaluate = control.should_save = False
+                return
+            control.should_save = self.keep_final or state.global_step < state.max_steps  # after its evaluation
+            stop = self.stop_epoch is not None and round(state.epoch or 0) >= self.stop_epoch
+            if stop or self.guard.received is not None:
+                control.should_training_stop = True
+
+    return PeftdsTrainer, LossGuard, CheckpointTrigger

@@ -142,6 +142,10 @@ CASES = [
     (["compare", "hydra.sweep.dir={tmp}/x"], "compare.dir"),
     (["compare", "compare.seeds=[]"], "compare.seeds"),
     (["report", "{tmp}", "bootstrap=abc"], "bootstrap"),
+    (["train", "train.epochs=3", "train.stop_epoch=4"], "train.stop_epoch"),
+    (["train", "train.stop_epoch=1", "train.max_steps=5"], "train.stop_epoch"),
+    (["train", "train.checkpoint_steps=-1"], "train.checkpoint_steps"),
+    (["search", *SEARCH, "train.max_steps=-1", "train.stop_epoch=1"], "train.stop_epoch"),
 ]
 
 # Real bad input the code does not (yet) turn into exit 2 + one line before any model loads:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from hydra.core.utils import JobReturn, JobStatus
 
+from peftds.files import RESULT_FILE, write_json_atomic
 from peftds.search.launch import run_search
-from peftds.search.trial import effective_status, job_error, launcher_error, trial_id
+from peftds.search.trial import effective_status, finished_result, job_error, launcher_error, trial_id
 
 from .helpers import quiet, rows
 
@@ -22,6 +23,24 @@ def test_effective_status_counts_a_missing_or_nan_score_as_failed():
     assert effective_status({"status": "ok", "score": float("nan")}) == "failed"
     assert effective_status({"status": "ok"}) == "failed"
     assert effective_status({"status": "failed", "score": None}) == "failed"
+
+
+def test_a_trial_stopped_early_is_finished_only_up_to_its_epoch(tmp_path):
+    """train.stop_epoch=k leaves an ok record at fidelity k: finished for k, not for the whole schedule (the
+    stage runs it again, and it continues from its checkpoint); a preempted one only up to its epochs done."""
+    rec = {"status": "ok", "score": 80.0, "epochs_trained": 1, "complete": False}
+    write_json_atomic(tmp_path / RESULT_FILE, rec)
+    assert finished_result(tmp_path, epochs=1) == rec
+    assert finished_result(tmp_path, epochs=2) is None and finished_result(tmp_path) is None
+    write_json_atomic(tmp_path / RESULT_FILE, {**rec, "epochs_trained": 3, "complete": True})
+    assert finished_result(tmp_path) is not None and finished_result(tmp_path, epochs=3) is not None
+    write_json_atomic(tmp_path / RESULT_FILE, {"status": "ok", "score": 80.0})  # a record older than checkpoints
+    assert finished_result(tmp_path) is not None
+    write_json_atomic(tmp_path / RESULT_FILE, {"status": "preempted", "epochs_trained": 1, "complete": False})
+    assert finished_result(tmp_path, epochs=1) is not None  # epoch 1 was done before the preemption
+    assert finished_result(tmp_path, epochs=2) is None and finished_result(tmp_path) is None
+    write_json_atomic(tmp_path / RESULT_FILE, {"status": "failed", "complete": False})  # failed at any fidelity
+    assert finished_result(tmp_path) is not None
 
 
 def test_job_outcome_through_the_public_job_return(capsys):
