@@ -97,6 +97,10 @@ def run_launched(cfg: Any, *, gpu_slots: int | None, threads: int | None) -> dic
         if rec.get("status") == "failed" and (limit := memory_limit_note()):
             rec["error"] = f"{rec.get('error')} ({limit})"
         write_json_atomic(run_dir / RESULT_FILE, rec)
+        if rec.get("status") == "preempted" and os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+            # stopped by SIGTERM (scontrol requeue, scancel) after its checkpoint: the job ends without a result,
+            # so a requeued job's run continues from the checkpoint and gives it, and a cancelled one stays pending
+            raise SystemExit(f"trial preempted: {rec.get('error')}")
     return rec
 
 
