@@ -43,6 +43,11 @@ def scores(table: list[dict], key: str) -> dict[str, tuple[str, str]]:
     return {r[key]: (r["status"], r["score"]) for r in table}
 
 
+def losses(run_root: Path, table: list[dict], key: str) -> dict[str, list]:
+    """Each run's logged training losses (every step): far more telling than a tiny model's held-out score."""
+    return {r[key]: read_json(run_root / r[key] / "result.json")["loss_history"] for r in table}
+
+
 def test_search_on_slurm_scores_like_local(slurm, tmp_path, data_dir):
     base = ["model=tiny_bert", "search=tiny", f"data.dir={data_dir}", "stage=allocation",
             "~stage.options.increasing", "search.trial_threads=1"]  # fmt: skip
@@ -54,6 +59,8 @@ def test_search_on_slurm_scores_like_local(slurm, tmp_path, data_dir):
     remote = rows(tmp_path / "slurm" / "allocation" / "trials.csv")
     assert len(remote) == 2 and {r["status"] for r in remote} == {"ok"}
     assert scores(remote, "trial_id") == scores(local, "trial_id")  # same trials, same held-out scores
+    assert losses(tmp_path / "slurm" / "trials", remote, "trial_id") == losses(tmp_path / "local" / "trials", local,
+                                                                              "trial_id")  # fmt: skip
     jobs = settled_jobs("search", before)
     assert len(jobs) == 2 and {s for _, s in jobs} == {"COMPLETED"}
     assert len({j.split("_")[0] for j, _ in jobs}) == 1  # one array job, one task per trial
@@ -74,6 +81,7 @@ def test_compare_on_slurm_scores_like_local(slurm, tmp_path, data_dir):
     local, remote = rows(tmp_path / "local" / "runs.csv"), rows(tmp_path / "slurm" / "runs.csv")
     assert len(remote) == 2 and {r["status"] for r in remote} == {"ok"}
     assert scores(remote, "run_id") == scores(local, "run_id")
+    assert losses(tmp_path / "slurm" / "runs", remote, "run_id") == losses(tmp_path / "local" / "runs", local, "run_id")
     assert (tmp_path / "slurm" / "table.md").read_text() == (tmp_path / "local" / "table.md").read_text()
 
 
