@@ -40,8 +40,9 @@ from peftds.files import (
     RESULT_FILE,
     file_lock,
 )
-from peftds.search.launch import hydra_session, override_key, slurm_gpu_args
+from peftds.search.launch import hydra_session, slurm_gpu_args
 from peftds.search.stage_run import duration
+from peftds.search.state import override_key
 from peftds.search.store import TrialTable
 from peftds.search.trial import effective_status, finished_result, job_error, launcher_error
 from peftds.train.launched import lost_run_line, run_launched, wait_until_stopped

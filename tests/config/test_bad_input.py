@@ -146,6 +146,8 @@ CASES = [
     (["train", "train.stop_epoch=1", "train.max_steps=5"], "train.stop_epoch"),
     (["train", "train.checkpoint_steps=-1"], "train.checkpoint_steps"),
     (["search", *SEARCH, "train.max_steps=-1", "train.stop_epoch=1"], "train.stop_epoch"),
+    (["search", *SEARCH, "search.tasks=[]"], "search.tasks is empty"),
+    (["train", "model=tiny_bert", "design=spindle_t5base", "task=sst2"], "design 'spindle_t5base'"),
 ]
 
 # Real bad input the code does not (yet) turn into exit 2 + one line before any model loads:
