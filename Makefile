@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast lint format inspect-demo bench-demo
+.PHONY: install run test test-fast test-slurm lint format inspect-demo bench-demo
 
 # torch is pinned (torch==2.13.0) in pyproject.toml, so it installs in this same step.
 $(BIN)/.installed: pyproject.toml
@@ -37,6 +37,16 @@ format: install ## apply ruff's fixes and formatting
 
 test-fast: install ## skip the slow real-model/real-data tests
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# The cluster tests (tests/cluster) on a one-node SLURM cluster brought up and taken down around them; installs
+# the Debian packages when missing (root). A cluster that cannot come up fails here in one line.
+SLURM_DIR ?= $(or $(TMPDIR),/tmp)/peftds-slurm
+test-slurm: install ## search and compare through hydra/launcher=submitit_slurm on a local SLURM cluster
+	@start=$$(date +%s); scripts/slurm_local.sh install && PEFTDS_SLURM_DIR=$(SLURM_DIR) scripts/slurm_local.sh up >/dev/null \
+	  || exit 1; \
+	PEFTDS_SLURM=1 SLURM_CONF=$(SLURM_DIR)/etc/slurm.conf $(BIN)/python -m pytest -q tests/cluster $(PYTEST_ARGS); \
+	rc=$$?; PEFTDS_SLURM_DIR=$(SLURM_DIR) scripts/slurm_local.sh down; \
+	echo "test-slurm: $$(( $$(date +%s) - start )) s (cluster up, tests, cluster down)"; exit $$rc
 
 inspect-demo: install
 	$(BIN)/peftds inspect model=tiny_t5 design=spindle_t5base

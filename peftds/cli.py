@@ -283,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # e.g. `peftds inspect ... | head`
         return 0
+    except OSError as e:  # the machine, not the input: a full disk, a dir that cannot be written
+        where = f": {e.filename}" if e.filename else ""
+        print(f"peftds: error: {e.strerror or e}{where} (finished runs are kept; rerun to resume)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

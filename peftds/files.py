@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,7 @@ from peftds.errors import PeftdsError
 # A training run (`peftds train`, a search trial, a compare run)
 RESULT_FILE = "result.json"  # the run record, rewritten as the run goes
 TRIAL_LOG = "trial.out"  # a search trial's captured stdout/stderr
+RUN_LOCK = ".run.lock"  # held by the process training a launched run (its content: "<host> <pid>")
 DESIGN_DIR = "design"  # trained strategy params + plan inside a run dir
 PLAN_FILE = "plan.yaml"
 WEIGHTS_FILE = "strategy_params.safetensors"
@@ -113,6 +115,42 @@ def file_lock(path: str | Path, *, wait: bool = True, busy: str | None = None) -
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def run_lock(path: str | Path) -> Iterator[bool]:
+    """Hold the run lock of a launched run for the block, its holder ("<host> <pid>") written in it; yields
+    False (and holds nothing) when another process holds it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            fh.truncate(0)
+            fh.write(f"{socket.gethostname()} {os.getpid()}\n")
+            fh.flush()
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def run_holder(path: str | Path) -> str | None:
+    """The holder ("<host> <pid>") of a run lock; None when no process holds it."""
+    try:
+        fh = open(path)  # noqa: SIM115 - closed below, after the probe
+    except FileNotFoundError:
+        return None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return fh.read().strip() or "another process"
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return None
 
 
 def try_lock_forever(path: str | Path) -> Any | None:

@@ -40,12 +40,12 @@ from peftds.files import (
     RESULT_FILE,
     file_lock,
 )
-from peftds.search.launch import hydra_session
+from peftds.search.launch import hydra_session, slurm_gpu_args
 from peftds.search.stage_run import duration
 from peftds.search.state import override_key
 from peftds.search.store import TrialTable
 from peftds.search.trial import effective_status, finished_result, job_error, launcher_error
-from peftds.train.launched import run_launched
+from peftds.train.launched import lost_run_line, run_launched, wait_until_stopped
 from peftds.train.record import RunRecord, read_predictions
 
 RUNS_DIR = "runs"
@@ -235,14 +235,26 @@ class Comparison:
         except Exception as e:  # the launcher itself failed
             rets, failure = [None] * len(batch), launcher_error(e)
         self.job_idx += len(batch)
+        if failure:  # other jobs of the batch may still be training: their records decide, not the failure
+            wait_until_stopped([self.run_dir(r) for r in batch])
         for r, ret in zip(batch, rets):
             if self.finished(r) is not None:
                 continue
-            err = failure if ret is None else job_error(ret)
+            if ret is None:  # the launcher failed as a whole (a job's process died): the run stays pending
+                self.echo(
+                    f"[compare] run {r.run_id} did not finish: "
+                    f"{lost_run_line(self.run_dir(r), failure or '')}; it stays pending"
+                )
+                continue
+            err = job_error(ret)
             if err is not None:
                 RunRecord(self.run_dir(r), task=r.task, design=r.design.label).update(status="failed", error=err)
 
     def run(self, cfg: Any, launcher: Any, forward: Sequence[str]) -> None:
+        bad = self.table.repair()
+        if bad:
+            self.echo(f"[compare] {RUNS_FILE} had {bad} truncated or corrupted row(s): set aside in "
+                      f"{RUNS_FILE}.malformed, rebuilt from their runs' {RESULT_FILE}")  # fmt: skip
         if self.plan.settings.retry_failed:
             self.reset_failed()
         self.reconcile()
@@ -335,6 +347,7 @@ def hydra_arguments(args: Sequence[str], cdir: Path) -> list[str]:
     own = [f"file://{cdir / CONF_SUBDIR}"] if (cdir / CONF_SUBDIR).is_dir() else []  # Hydra warns of a missing one
     paths = ",".join([*own, *[p for p in user_paths if p]])
     return [
+        *slurm_gpu_args(args, "compare.gpu_slots"),
         *[a for a in args if override_key(a) != "hydra.searchpath"],
         f"hydra.sweep.dir={cdir}",
         *([f"hydra.searchpath=[{paths}]"] if paths else []),

@@ -160,7 +160,11 @@ class SearchConfig(Section):
     batch_size: int | None = setting(None, "trials handed to the launcher at once (null: launcher's default)", ge=1)
     retry_failed: bool = setting(False, "on resume, re-run trials recorded as failed")
     trial_threads: int | None = setting(None, "torch threads per trial (null: torch's default)", ge=1)
-    gpu_slots: int | None = setting(None, "GPUs of this machine for hydra/launcher=joblib: one GPU per worker", ge=1)
+    gpu_slots: int | None = setting(
+        None,
+        "GPUs for trials: hydra/launcher=joblib one per worker; submitit_slurm one per job, this many at once",
+        ge=1,
+    )
     save_params: bool = setting(False, "keep each trial's trained parameters")
     report: bool = setting(True, "write report.md + plots into every stage dir when it ends")
     dir: str | None = setting(None, "search dir (null: outputs/search/<stage>/run-<hash>); an existing one resumes")
@@ -260,7 +264,11 @@ class CompareConfig(Section):
     dry: bool = setting(False, "list the runs, their count and estimated GPU-hours; train nothing")
     batch_size: int | None = setting(None, "runs handed to the launcher at once (null: by launcher)", ge=1)
     threads: int | None = setting(None, "torch threads per run (null: torch's default)", ge=1)
-    gpu_slots: int | None = setting(None, "GPUs of this machine for hydra/launcher=joblib: one GPU per worker", ge=1)
+    gpu_slots: int | None = setting(
+        None,
+        "GPUs for trials: hydra/launcher=joblib one per worker; submitit_slurm one per job, this many at once",
+        ge=1,
+    )
     save_params: bool = setting(False, "keep each run's trained parameters (full fine-tuning: the whole model)")
     retry_failed: bool = setting(False, "on resume, run again the runs recorded as failed")
 

@@ -221,7 +221,7 @@ def prepare(argv: Sequence[str]) -> Prepared:
         "hydra.hydra_logging.root.level=WARNING",
         "hydra.job_logging.root.handlers=[file]",
     ]
-    all_args = merge_args(hydra_args, rest)
+    all_args = merge_args(hydra_args, slurm_gpu_args(rest, "search.gpu_slots"), rest)
     forward = [
         a
         for a in all_args
@@ -238,6 +238,16 @@ def prepare(argv: Sequence[str]) -> Prepared:
         and not override_key(a).startswith("hydra.launcher")
     ]
     return Prepared(sdir, all_args, forward, keep, stored, {override_key(a) for a in argv}, created)
+
+
+def slurm_gpu_args(args: Sequence[str], slots_key: str) -> list[str]:
+    """GPU slots on SLURM (hydra/launcher=submitit_slurm): every job asks the scheduler for one GPU and at most
+    `slots` jobs of an array run at once; the user's own hydra.launcher values come after these and win."""
+    launcher = next((a.split("=", 1)[1] for a in args if override_key(a) == "hydra/launcher"), "")
+    slots = next((a.split("=", 1)[1] for a in args if override_key(a) == slots_key), None)
+    if launcher != "submitit_slurm" or slots in (None, "null"):
+        return []
+    return ["hydra.launcher.gpus_per_node=1", f"hydra.launcher.array_parallelism={slots}"]
 
 
 def search_dir_lock(sdir: Path) -> contextlib.AbstractContextManager[None]:

@@ -28,6 +28,7 @@ from peftds.search.stages import StageSpec, safe_name
 from peftds.search.stats import current_leader, design_scores, read_table, stage_summary
 from peftds.search.store import TrialTable, trial_row
 from peftds.search.trial import Trial, effective_status, finished_result, job_error, launcher_error, trial_id
+from peftds.train.launched import lost_run_line, wait_until_stopped
 from peftds.train.record import RunRecord
 
 if TYPE_CHECKING:
@@ -74,6 +75,10 @@ class StageRun:
         for opt, reason in meta["infeasible"].items():
             self.echo(f"[search] {spec.name}/{opt}: infeasible: {reason}")
         self.trials = self.trials_of(meta)
+        bad = self.table.repair()
+        if bad:
+            self.echo(f"[search] {spec.name}: {TRIALS_FILE} had {bad} truncated or corrupted row(s): set aside in "
+                      f"{TRIALS_FILE}.malformed, rebuilt from their trials' {RESULT_FILE}")  # fmt: skip
         if self.settings.retry_failed:
             self.reset_failed()
         added, shared = self.reconcile()
@@ -246,6 +251,14 @@ class StageRun:
     def launch(self, batch: list[Trial]) -> None:
         """Run a batch of trials; a trial that failed without writing its own failed record gets one."""
         search = self.search
+        missing = [t for t in batch if not (search.dir / t.sample.design_file).is_file()]
+        batch = [t for t in batch if t not in missing]
+        for t in missing:  # its job could not compose its design: a recorded failure, the stage goes on
+            RunRecord(search.trial_dir(t.trial_id), task=t.task, design=t.sample.design_ref).update(
+                status="failed", error=f"design file {t.sample.design_file} is missing (deleted during the search?)"
+            )
+        if not batch:
+            return
         try:
             rets: list[Any] = search.launcher.launch([self.trial_overrides(t) for t in batch], search.job_idx)
             failure = None
@@ -254,10 +267,18 @@ class StageRun:
         except Exception as e:  # the launcher itself failed (e.g. a submitit job died)
             rets, failure = [None] * len(batch), launcher_error(e)
         search.job_idx += len(batch)
+        if failure:  # other jobs of the batch may still be training: their records decide, not the failure
+            wait_until_stopped([search.trial_dir(t.trial_id) for t in batch])
         for t, r in zip(batch, rets):
             if self.finished(t) is not None:
                 continue
-            err = failure if r is None else job_error(r)
+            if r is None:  # the launcher failed as a whole (a job's process died): the trial stays pending
+                self.echo(
+                    f"[search] trial {t.trial_id} did not finish: "
+                    f"{lost_run_line(search.trial_dir(t.trial_id), failure or '')}; it stays pending"
+                )
+                continue
+            err = job_error(r)
             if err is None:
                 continue  # the job returned without a finished record: it stays pending
             rec = RunRecord(search.trial_dir(t.trial_id), task=t.task, design=t.sample.design_ref)

@@ -43,10 +43,48 @@ class TrialTable:
         return tuple(str(row[c]) for c in self.key_columns)
 
     def read(self) -> list[dict[str, str]]:
+        """The well-formed rows (a truncated or corrupted row is left out here; `repair` sets it aside)."""
+        return self.parse()[0]
+
+    def parse(self) -> tuple[list[dict[str, str]], list[str]]:
+        """(well-formed rows, raw lines of malformed ones). A row is malformed when its field count is not the
+        header's, its key does not parse, or it is the last line and lacks its newline (a cut write: every
+        write of the table ends with one)."""
         if not self.path.exists():
-            return []
+            return [], []
         with open(self.path, newline="") as fh:
-            return [r for r in csv.DictReader(fh) if r.get(self.fields[0])]
+            lines = fh.read().splitlines(keepends=True)
+        good, bad = [], []
+        header = next(csv.reader(lines[:1]), None)
+        for i, line in enumerate(lines[1:], start=1):
+            if not line.strip():
+                continue
+            values = next(csv.reader([line]), [])
+            row = dict(zip(header or [], values))
+            cut = i == len(lines) - 1 and not line.endswith("\n")
+            if cut or header is None or len(values) != len(header) or not self.well_keyed(row):
+                bad.append(line.rstrip("\r\n"))
+            elif row.get(self.fields[0]):
+                good.append(row)
+        return good, bad
+
+    def well_keyed(self, row: Mapping[str, Any]) -> bool:
+        try:
+            self.row_key(row)
+        except (KeyError, TypeError, ValueError):
+            return False
+        return True
+
+    def repair(self) -> int:
+        """Set malformed rows aside (appended to <table>.malformed, never silently dropped) and rewrite the table
+        without them; returns how many. Their runs' result.json files bring them back on the next reconcile."""
+        with file_lock(self.lock_path):
+            rows, bad = self.parse()
+            if bad:
+                with open(self.path.with_name(self.path.name + ".malformed"), "a") as fh:
+                    fh.write("".join(line + "\n" for line in bad))
+                self.write(rows)
+            return len(bad)
 
     def keys(self) -> set[tuple[Any, ...]]:
         return {self.row_key(r) for r in self.read()}

@@ -4,14 +4,26 @@ quiet output in the job dir, the record written where the launcher's caller read
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
+import resource
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from peftds.errors import PeftdsError
-from peftds.files import GPU_SLOT_LOCK, RESULT_FILE, TRIAL_LOG, try_lock_forever, write_json_atomic
+from peftds.files import (
+    GPU_SLOT_LOCK,
+    RESULT_FILE,
+    RUN_LOCK,
+    TRIAL_LOG,
+    read_json,
+    run_holder,
+    run_lock,
+    try_lock_forever,
+    write_json_atomic,
+)
 from peftds.run_config import RunConfig
 from peftds.train import job
 
@@ -63,19 +75,78 @@ def run_launched(cfg: Any, *, gpu_slots: int | None, threads: int | None) -> dic
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     run = RunConfig.from_composed(cfg)
-    if gpu_slots:
+    if gpu_slots and "SLURM_JOB_ID" not in os.environ:  # on SLURM the scheduler gave the job its GPU
         claim_gpu_slot(gpu_slots, run_dir.parent.parent)
     if threads:
         torch.set_num_threads(threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = f"cuda:{torch.cuda.get_device_name()}" if torch.cuda.is_available() else "cpu"
-    with (
-        open(run_dir / TRIAL_LOG, "a") as log,
-        quiet_transformers(),
-        contextlib.redirect_stdout(log),
-        contextlib.redirect_stderr(log),
-    ):
-        rec = job.train_job(run, run_dir)  # looked up at call time (tests stand in for training here)
-    rec["device"] = device
-    write_json_atomic(run_dir / RESULT_FILE, rec)
+    with run_lock(run_dir / RUN_LOCK) as mine:
+        if not mine:  # a launch of a run that is still training elsewhere (e.g. resumed while a job runs on)
+            holder = run_holder(run_dir / RUN_LOCK)
+            return {"status": "running", "error": f"being trained by {holder}", "run_dir": str(run_dir)}
+        with (
+            open(run_dir / TRIAL_LOG, "a") as log,
+            quiet_transformers(),
+            contextlib.redirect_stdout(log),
+            contextlib.redirect_stderr(log),
+            fatal_errors_to(log),
+        ):
+            rec = job.train_job(run, run_dir)  # looked up at call time (tests stand in for training here)
+        rec["device"] = device
+        if rec.get("status") == "failed" and (limit := memory_limit_note()):
+            rec["error"] = f"{rec.get('error')} ({limit})"
+        write_json_atomic(run_dir / RESULT_FILE, rec)
+        if rec.get("status") == "preempted" and os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+            # stopped by SIGTERM (scontrol requeue, scancel) after its checkpoint: the job ends without a result,
+            # so a requeued job's run continues from the checkpoint and gives it, and a cancelled one stays pending
+            raise SystemExit(f"trial preempted: {rec.get('error')}")
     return rec
+
+
+def memory_limit_note(margin_mb: float = 256.0) -> str:
+    """A note when this process is at its address-space limit (RLIMIT_AS): then an allocation failed, whatever
+    the library's error says (oneDNN: "could not create a primitive"); empty otherwise."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return ""
+    with open("/proc/self/status") as fh:
+        used = next((int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize")), 0)
+    if used + margin_mb * 2**20 < soft:
+        return ""
+    return f"out of memory: the process is at its address-space limit of {soft / 2**20:.0f} MiB"
+
+
+@contextlib.contextmanager
+def fatal_errors_to(log: Any) -> Iterator[None]:
+    """A crash of the process (a segfault, an abort) leaves its Python traceback in the run's log."""
+    was = faulthandler.is_enabled()
+    faulthandler.enable(file=log)
+    try:
+        yield
+    finally:
+        faulthandler.disable()
+        if was:
+            faulthandler.enable()
+
+
+def wait_until_stopped(run_dirs: list[Path], poll_s: float = 1.0) -> None:
+    """Wait while any of these runs is still being trained by some process (its run lock is held)."""
+    while any(run_holder(Path(d) / RUN_LOCK) for d in run_dirs):
+        time.sleep(poll_s)
+
+
+def lost_run_line(run_dir: Path, launcher_failure: str) -> str:
+    """Why a launched run ended without a record, in one line: the fatal error its process logged (a segfault,
+    an abort), a process that died without one (SIGKILL, the out-of-memory killer), or a run that never
+    started (the launcher's error)."""
+    log = Path(run_dir) / TRIAL_LOG
+    fatal = []
+    if log.is_file():
+        fatal = [line.strip() for line in log.read_text(errors="replace").splitlines() if "Fatal Python error" in line]
+    rec = read_json(Path(run_dir) / RESULT_FILE)
+    if fatal:
+        return f"its process died: {fatal[-1]}"
+    if rec is not None and rec.get("status") == "running":
+        return "its process died without a Python error (killed: SIGKILL, the out-of-memory killer, a lost node)"
+    return f"it did not run ({launcher_failure})"
