@@ -11,7 +11,14 @@ for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="peftds-hf-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import sys  # noqa: E402
+
+import absl.logging  # noqa: E402  (imported by rouge-score)
 import pytest  # noqa: E402
+
+# absl's log handler keeps the stderr of the moment it was imported. Under pytest that is a capture file, which
+# the handler closes when Hydra reconfigures logging in a later in-process run, breaking pytest's own capture.
+absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
