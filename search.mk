@@ -4,6 +4,8 @@
 #   make search-demo            one stage (grouping) on the real MiniLM-L6 + local SST-2, CPU, offline
 #   make search-racing-demo     the same stage as a race (search.racing=true): options clearly behind stop early
 #   make stage-truth-cpu        the grouping stage at full fidelity (search=truth), its report and `peftds replay`
+#   make stage-truth-paired-cpu the same stage with paired designs (search.paired, the default)
+#   make stage-truth-tunable-cpu a stage whose options differ (stage=tunable5), paired, same size
 #   make search-tiny            stage=all on a tiny random T5 with tiny data (smoke test of the machinery)
 #   make paper-search-t5base    the paper's search on T5-base (GPU + hub access), see the cost notes
 #   make paper-train-s4-t5base  the S4 design (spindle_t5base) on the 8 GLUE tasks, final regime
@@ -23,7 +25,7 @@ PAPER_TASKS ?= cola sst2 mrpc qqp stsb mnli qnli rte
 PAPER_EPOCHS ?= 10
 PAPER_ARGS ?=
 
-.PHONY: search-demo search-demo-clean search-racing-demo stage-truth-cpu search-tiny paper-search-t5base paper-train-s4-t5base paper-baselines-t5base
+.PHONY: search-demo search-demo-clean search-racing-demo stage-truth-cpu stage-truth-paired-cpu stage-truth-tunable-cpu search-tiny paper-search-t5base paper-train-s4-t5base paper-baselines-t5base
 
 # search=demo: stage=grouping (5 options) x N=5 designs x SST-2, each trained 1 epoch on 2000
 # training sentences and scored on 200 held-out ones: 25 trials. Measured on 2 CPU cores: a trial takes
@@ -50,9 +52,22 @@ search-racing-demo: install
 # time on CPU, then `peftds replay`: how often racing, a smaller N or fewer epochs pick the same winner,
 # at what share of the trial-epochs (replay.md / replay.json / replay.png in the stage dir).
 stage-truth-cpu: install
-	$(BIN)/peftds search search=truth stage=grouping search.dir=$(SEARCH_OUT)/truth hydra/launcher=joblib hydra.launcher.n_jobs=2 search.trial_threads=1 $(SEARCH_ARGS)
+	$(BIN)/peftds search search=truth stage=grouping search.paired=false search.dir=$(SEARCH_OUT)/truth hydra/launcher=joblib hydra.launcher.n_jobs=2 search.trial_threads=1 $(SEARCH_ARGS)
 	$(BIN)/peftds report $(SEARCH_OUT)/truth
 	$(BIN)/peftds replay $(SEARCH_OUT)/truth/grouping
+
+# The two paired ground truths (README "Stage decisions"): the grouping stage again, and tunable5 (one group,
+# two groups or all four tuned: options that should differ), each 5 options x 12 paired designs x 3 epochs.
+TRUTH_CPU = search=truth hydra/launcher=joblib hydra.launcher.n_jobs=2 search.trial_threads=1
+stage-truth-paired-cpu: install
+	$(BIN)/peftds search $(TRUTH_CPU) stage=grouping search.paired=true search.dir=$(SEARCH_OUT)/truth_paired $(SEARCH_ARGS)
+	$(BIN)/peftds report $(SEARCH_OUT)/truth_paired
+	$(BIN)/peftds replay $(SEARCH_OUT)/truth_paired/grouping
+
+stage-truth-tunable-cpu: install
+	$(BIN)/peftds search $(TRUTH_CPU) stage=tunable5 search.paired=true search.dir=$(SEARCH_OUT)/truth_tunable $(SEARCH_ARGS)
+	$(BIN)/peftds report $(SEARCH_OUT)/truth_tunable
+	$(BIN)/peftds replay $(SEARCH_OUT)/truth_tunable/tunable5
 
 # Every stage chained on the 24-layer tiny T5 (83 trials of a few seconds each on CPU).
 search-tiny: install

@@ -103,6 +103,7 @@ class SearchConfig(Section):
     task_set: str = setting("glue", "conf/task_set/<name>.yaml: the tasks a design is scored on")
     tasks: list[str] | None = setting(None, "explicit task list (overrides task_set)")
     seed: int = setting(0, "sampling seed: every draw is reproducible from (seed, stage, option, index)")
+    paired: bool = setting(True, "design i of every option shares every draw the option does not fix")
     min_ok: float = setting(0.5, "designs with every task ok an option needs: a count, or a share of n if < 1", gt=0)
     bootstrap: int = setting(2000, "bootstrap resamples for an option's 95% interval", ge=1)
     max_draws: int = setting(200, "redraws per sample index before an option counts as exhausted", ge=1)

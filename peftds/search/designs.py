@@ -43,6 +43,7 @@ class Sample:
     sizes: str
     trainable_params: int
     budget_params: int
+    attempt: int = 0  # the sampler's attempt that gave this design (paired: same attempt = exact pair)
 
 
 @dataclass
@@ -109,6 +110,17 @@ def option_spaces(spec: StageSpec, space: Space, layers: int) -> tuple[dict[str,
     return spaces, infeasible
 
 
+def pair_record(samples: Mapping[str, list[Mapping[str, Any]]]) -> dict[str, Any]:
+    """Which sample indices form exact pairs: every option that has design i kept the same attempt, so
+    the designs share every draw their options do not fix (an infeasible or repeated draw moved one on)."""
+    attempts: dict[int, set[int]] = {}
+    for rows in samples.values():
+        for r in rows:
+            attempts.setdefault(int(r["index"]), set()).add(int(r["attempt"]))
+    exact = sorted(i for i, a in attempts.items() if len(a) == 1)
+    return {"exact": exact, "inexact": sorted(set(attempts) - set(exact))}
+
+
 class StageDesigns:
     """Samples (or reloads) a stage's designs and writes their design files and stage.json."""
 
@@ -140,6 +152,7 @@ class StageDesigns:
             k
             for k, old, new in (
                 ("search.seed", meta.get("sample_seed"), self.settings.seed),
+                ("search.paired", bool(meta.get("paired", False)), self.settings.paired),
                 ("the stage's options", meta.get("options"), spec.options),
                 ("the task set", meta.get("tasks"), self.config.tasks),
                 ("the training regime", meta.get("regime"), self.config.regime_hash),
@@ -169,6 +182,7 @@ class StageDesigns:
                 stage=spec.name,
                 option=opt,
                 max_draws=s.max_draws,
+                paired=s.paired,
             )
             if not stats.draws:
                 infeasible[opt] = f"no feasible design in {s.max_draws} draws ({stats.last_error})"
@@ -195,6 +209,8 @@ class StageDesigns:
             "tasks": self.config.tasks,
             "n": s.n,
             "sample_seed": s.seed,
+            "paired": s.paired,
+            "pairs": pair_record(samples) if s.paired else None,
             "min_ok": min_ok_count(s),
             "bootstrap": s.bootstrap,
             "seed": s.seed,
@@ -228,6 +244,7 @@ class StageDesigns:
         return {
             "option": opt,
             "index": draw.index,
+            "attempt": draw.attempt,
             "design_file": str(path.relative_to(self.dir)),
             "design_ref": f"{safe_name(spec.name)}/{stem}",
             "digest": plan.digest(),
