@@ -104,7 +104,8 @@ def decide_batch(scores: np.ndarray, settings: DecisionSettings, n_max: int | No
     scores: (B, K, N) design scores, index i of every option a pair (NaN: a design that failed); options
     in config order (ties go to the first). Returns: verdict (B,) index into VERDICTS; pick (B,) option
     index (-1: nothing scored); designs (B, K) designs each option got; looks (B,); lower (B, K) the last
-    look's lower bound on μ_pick − μ_j (NaN for the pick itself); out (B, K) options found worse; done
+    look's lower bound on μ_pick − μ_j (NaN for the pick itself); out (B, K) options found worse, out_look
+    (B, K) the 1-based look that found them worse (0: never); done
     (B,) whether the decision is over (False: a look of n_max's schedule needs more designs than given).
     """
     b, k, n_all = scores.shape
@@ -117,6 +118,7 @@ def decide_batch(scores: np.ndarray, settings: DecisionSettings, n_max: int | No
     pick = np.full(b, -1)
     designs = np.zeros((b, k), dtype=int)
     looks = np.zeros(b, dtype=int)
+    out_look = np.zeros((b, k), dtype=int)
     lower_out = np.full((b, k), np.nan)
     rows = np.arange(b)
     for r, n in enumerate(sched):
@@ -145,6 +147,7 @@ def decide_batch(scores: np.ndarray, settings: DecisionSettings, n_max: int | No
         others = active & ~is_leader
         out = going[:, None] & others & (lower > 0)
         active = active & ~out
+        out_look = np.where(out, r + 1, out_look)
         rest = active & ~is_leader
         decided = ~rest.any(-1)
         equivalent = ~decided & np.all(~rest | (lower > -settings.tolerance), axis=-1)
@@ -166,6 +169,7 @@ def decide_batch(scores: np.ndarray, settings: DecisionSettings, n_max: int | No
         "looks": looks,
         "lower": lower_out,
         "out": ~active,
+        "out_look": out_look,
         "done": done,
     }
 
@@ -181,7 +185,7 @@ class Decision:
     looks: int
     schedule: list[int]
     lower: dict[str, float]
-    out: list[str]
+    out: dict[str, int]  # options found worse than a leader -> the look that found it
     within: list[str]  # options (besides the pick) not found worse and within δ* of it
     settings: DecisionSettings
     test_alpha: float
@@ -233,7 +237,7 @@ def decide(scores_by_option: Mapping[str, Sequence[float]], n_max: int, settings
     reached = [n for n in sched if n <= have]
     if not reached or not options:
         return Decision(
-            "unresolved", None, {o: sched[0] for o in options}, 0, sched, {}, [], [], settings,
+            "unresolved", None, {o: sched[0] for o in options}, 0, sched, {}, {}, [], settings,
             settings.test_alpha(len(options), n_max), False,
         )  # fmt: skip
     x = paired_matrix({o: list(v)[: reached[-1]] for o, v in scores_by_option.items()})[None]
@@ -243,7 +247,7 @@ def decide(scores_by_option: Mapping[str, Sequence[float]], n_max: int, settings
     pick_i = int(res["pick"][0])
     pick = options[pick_i] if pick_i >= 0 else None
     lower = {o: float(res["lower"][0, j]) for j, o in enumerate(options) if o != pick}
-    out = [o for j, o in enumerate(options) if res["out"][0, j]]
+    out = {o: int(res["out_look"][0, j]) for j, o in enumerate(options) if res["out"][0, j]}
     within = [o for o in options if o != pick and o not in out and lower[o] > -settings.tolerance]
     if res["verdict"][0] == 2:
         within = [o for o in options if o != pick and o not in out]
