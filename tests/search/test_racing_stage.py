@@ -124,4 +124,4 @@ def test_replay_of_a_full_fake_stage(tmp_path, fake_training, args, capsys):
     assert cmd_replay([str(sdir), "replays=20", "seed=1"]) == 0
     res = json.loads((sdir / REPLAY_JSON).read_text())
     assert res["full_n_winner"] == "spindle" and res["replays"] == 20
-    assert "default racing" in capsys.readouterr().out
+    assert "default decision" in capsys.readouterr().out
