@@ -40,7 +40,7 @@ search-demo: install ## one search stage end to end on CPU (MiniLM-L6, local SST
 search-demo-clean:
 	rm -rf $(SEARCH_OUT)/demo
 
-# search-demo as a race (README "Racing"): the same designs and trials (ids), in rounds; an option whose
+# search-demo as a race (README "Stage decisions"): the same designs and trials (ids), in rounds; an option whose
 # interval falls below the leader's stops getting designs (at N=5, with options a few points apart, rarely
 # one: it shows the machinery at the cost of search-demo). Its own dir; race.json + the report's race section.
 search-racing-demo: install

@@ -8,7 +8,8 @@ for every option). The same designs then feed every policy:
 
 - full: all N designs, final scores (the protocol itself; its rates under redraws are the baseline);
 - decision (default): the sequential stage decision (peftds.search.decision) with the given δ*, α; a sweep
-  of its α and look schedule, and the decision taken on epoch-k scores;
+  of its α and look schedule; the decision taken on epoch-k scores; and multi-fidelity: every design of a
+  look trained to epoch k, a random share of them continued to full fidelity, control-variate estimates;
 - fixed N: the first n designs of each option; low fidelity: the same decided on epoch-k scores;
 - racing (peftds.search.racing) over a sweep of methods, delta and round sizes, and racing at epoch k;
 - racing + low fidelity: the first rounds decided on epoch-k scores, then the survivors' designs are
@@ -62,6 +63,7 @@ PAPER_GPU_HOURS = {"grouping": 600.0, "all": 10000.0}
 SWEEP_ALPHAS = (0.05, 0.1, 0.2)
 SWEEP_GROWTH = (1.25, 1.5, 2.0)
 SWEEP_FIRST = (3, 5)
+SWEEP_SHARES = (0.25, 0.5)
 FIXED_NS = (2, 3, 4, 6, 8, 12, 16, 25, 50)
 SWEEP_DELTAS = (0.01, 0.05, 0.1, 0.2)
 USAGE = (
@@ -168,6 +170,7 @@ class Policy:
     fidelity: int | None = None
     early: int | None = None
     early_rounds: int = 0
+    share: float | None = None  # multi-fidelity decision: share of each look's designs continued to full fidelity
 
 
 def draws(stage: StageScores, replays: int, redraw_share: float, seed: int) -> tuple[np.ndarray, int]:
@@ -191,6 +194,12 @@ def draws(stage: StageScores, replays: int, redraw_share: float, seed: int) -> t
 def evaluate(policy: Policy, arrays: Mapping[int, np.ndarray], epochs: int) -> tuple[Any, Any, Any]:
     """(pick, trial-epochs per task, verdict index or -1) of every replay under a policy."""
     fid = policy.fidelity or epochs
+    if policy.decision is not None and policy.share is not None:
+        # every design of a look trained to epoch k, a random share of them continued to the last epoch
+        # (design order is random: the first ones are a random subset) and control-variate estimates
+        out = decide_batch(arrays[epochs], policy.decision, cheap=arrays[policy.early], share=policy.share)
+        cost = out["designs"] * policy.early + out["full"] * (epochs - policy.early)
+        return out["pick"], cost.sum(-1).astype(float), out["verdict"]
     if policy.decision is not None:
         x = arrays[fid][..., : policy.n] if policy.n else arrays[fid]
         out = decide_batch(x, policy.decision)
@@ -237,6 +246,17 @@ def sweep(
                     out.append(Policy("decision", f"decision {s.label()}", n=n, decision=s))
     for k in range(1, e):
         out.append(Policy("decision at epoch k", f"decision {dec.label()} epoch {k}", n=n, decision=dec, fidelity=k))
+        for share in SWEEP_SHARES:
+            out.append(
+                Policy(
+                    "decision, epoch k + control variate",
+                    f"decision {dec.label()} epoch {k}, {share:.0%} continued",
+                    n=n,
+                    decision=dec,
+                    early=k,
+                    share=share,
+                )
+            )
     out += [Policy("fixed N", f"N={m}", n=m, decision=one) for m in ns]
     for k in range(1, e):
         out += [Policy(f"epoch {k}", f"N={m} epoch {k}", n=m, fidelity=k) for m in [*ns, n]]
