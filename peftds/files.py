@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,16 +47,33 @@ EDF_PLOT = "edf.png"
 SCORES_PLOT = "scores.png"
 
 
+def process_umask() -> int:
+    """The process umask (read once at import: setting it to read it is not thread-safe)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = process_umask()  # mkstemp creates files 0600; a written file gets the usual permissions
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write via a temporary file and os.replace: a kill never leaves a half-written file."""
+    """Write via a temporary file and os.replace: a kill never leaves a half-written file. The temporary
+    file's name is unique (mkstemp), so two threads or processes writing the same file never share it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with open(fd, "w", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return path
 
 

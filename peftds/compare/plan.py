@@ -149,6 +149,7 @@ class ComparePlan:
     runs: list[PlannedRun] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)  # the data section (with its folder)
     full: set[str] = field(default_factory=set)  # labels of full fine-tuning designs (no budget)
+    notes: list[str] = field(default_factory=list)  # settings the plan ignored, and why
 
     @property
     def regime_hash(self) -> str:
@@ -176,9 +177,8 @@ def build_plan(compose: Composer, overrides: Sequence[str]) -> ComparePlan:
     labels = [e.label for e in entries]
     if len(set(labels)) != len(labels):
         raise PeftdsError(f"compare.designs repeats a design: {labels}")
+    ignored = [label for label in settings.lr if label not in labels]
     for label, lr in settings.lr.items():
-        if label not in labels:
-            raise PeftdsError(f"compare.lr names '{label}', which is not in compare.designs ({', '.join(labels)})")
         if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
             raise PeftdsError(f"compare.lr.{label} must be a positive number, got {lr!r}")
     run0 = RunConfig.from_composed(base)
@@ -191,6 +191,8 @@ def build_plan(compose: Composer, overrides: Sequence[str]) -> ComparePlan:
     plan = ComparePlan(settings, model, arch, tasks, seeds, entries, {}, regime, run0.train.epochs,
                        run0.data.max_train_samples)  # fmt: skip
     plan.data = dict(plain(base.get("data")) or {})
+    if ignored:  # a preset's setting for a design the command left out of compare.designs
+        plan.notes.append(f"compare.lr for {', '.join(ignored)} ignored: not in compare.designs ({', '.join(labels)})")
     for e in entries:
         run = RunConfig.from_composed(compose([*overrides, *e.overrides(settings.lr)]))
         made_for = run.design_config.get("model")

@@ -7,11 +7,12 @@ import io
 from collections.abc import Callable
 from pathlib import Path
 
-from peftds.compare.table import Cell, Table, significant
+from peftds.compare.table import AVG_ALL, Cell, Table, significant
 from peftds.files import write_text_atomic
 
 TABLE_MD, TABLE_CSV, TABLE_TEX = "table.md", "table.csv", "table.tex"
-T_MARK, BOOT_MARK, UNLEARNED_MARK = "†", "‡", "⚠"
+T_MARK, BOOT_MARK, UNLEARNED_MARK, TIE_MARK = "†", "‡", "⚠", "="
+TITLES = {AVG_ALL: "avg (all tasks)"}
 
 
 def number(v: float | None, digits: int) -> str:
@@ -27,7 +28,10 @@ def p_text(p: float | None) -> str:
 
 
 def header(t: Table, col_id: str, flag: str) -> str:
-    return f"{col_id} {flag}" if col_id in t.unlearned else col_id
+    """A column's title, flagged when its task is unlearned (also each metric column of that task)."""
+    task = next((c.task for c in t.columns if c.id == col_id), None)
+    title = TITLES.get(col_id, col_id)
+    return f"{title} {flag}" if task in t.unlearned else title
 
 
 def cell_parts(t: Table, design: str, col_id: str) -> tuple[str, bool, str]:
@@ -36,13 +40,17 @@ def cell_parts(t: Table, design: str, col_id: str) -> tuple[str, bool, str]:
     if c is None:
         return "", False, ""
     text = number(c.mean, t.digits)
-    if len(t.seeds) > 1:
+    if c.std is not None:
         text += f" ± {number(c.std, t.digits)}"
     if len(c.values) < len(t.seeds):
         text += f" ({len(c.values)})"
     b = t.best.get(col_id)
+    if b is not None and design in b.tied:
+        return text, True, TIE_MARK
     if b is None or b.best != design:
         return text, False, ""
+    if not b.marked:
+        return text, True, ""
     marks = (T_MARK if significant(b.p_t, t.alpha) else "") + (BOOT_MARK if significant(b.p_boot, t.alpha) else "")
     return text, True, marks
 
@@ -57,16 +65,44 @@ def p_row(t: Table, col_id: str) -> str:
 def notes(t: Table) -> list[str]:
     seeds = ", ".join(map(str, t.seeds))
     lines = [
-        f"Model {t.model}; cells: mean ± std over seeds {seeds} (a count in parentheses: fewer seeds finished); "
+        f"Model {t.model}; cells: mean ± std over seeds {seeds} (a count in parentheses: fewer seeds finished; "
+        "one seed: no spread); "
         "params %: trainable parameters (task head excluded) over the backbone; best of each column in bold.",
-        f"{T_MARK}: the best differs from the second best at p < {t.alpha} (paired t-test over seeds); "
+        f"{T_MARK}: the best differs from the second best at p < {t.alpha} (paired t-test over the seeds both "
+        "finished), and leads on them; "
         f"{BOOT_MARK}: the same by a paired bootstrap over dev examples ({t.bootstrap} resamples). "
         "Row `p best vs 2nd`: both p-values (two-sided).",
     ]
     if t.unlearned:
         lines.append(
             f"{UNLEARNED_MARK} {', '.join(t.unlearned)}: no design scores above the majority-class baseline of the dev "
-            "set (row `majority class`); left out of the average."
+            "set (row `majority class`); left out of `avg`. `avg (all tasks)` averages every task: the paper's "
+            "averages are over all tasks, so they stand in that column."
+        )
+        if all(c.task in t.unlearned for c in t.columns if c.task is not None):
+            lines.append("`avg` is empty: every task is unlearned, no task is left to average.")
+    ties = [c.id for c in t.columns if (b := t.best.get(c.id)) is not None and b.tied]
+    if ties:
+        lines.append(
+            f"{TIE_MARK}: tied for best (equal means; every tied design in bold, none marked significant): "
+            + ", ".join(f"{TITLES.get(i, i)} ({', '.join(t.best[i].tied)})" for i in ties)
+        )
+    behind = [i for i, b in t.best.items() if b.second and not b.tied and not b.leads]
+    if behind:
+        lines.append(
+            "Best by mean but not ahead of the second best on the seeds both finished (the pairs the tests use), "
+            f"so not marked significant: {', '.join(TITLES.get(i, i) for i in behind)}."
+        )
+    mixed = [i for i, b in t.best.items() if b.second and not b.same_seeds]
+    if mixed:
+        lines.append(
+            f"Means over different seed sets (best vs second) in {', '.join(TITLES.get(i, i) for i in mixed)}: "
+            "each mean is over its own finished seeds; the tests use only the seeds both finished."
+        )
+    if t.stale:
+        lines.append(
+            f"runs.csv also holds {len(t.stale)} run(s) of other settings in this dir (another regime or design "
+            "configuration): stale, not in this table."
         )
     lines += [f"Paper: {n}" for n in t.paper.notes]
     return lines

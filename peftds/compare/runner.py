@@ -40,8 +40,9 @@ from peftds.files import (
     RESULT_FILE,
     file_lock,
 )
-from peftds.search.launch import hydra_session, override_key
+from peftds.search.launch import hydra_session
 from peftds.search.stage_run import duration
+from peftds.search.state import override_key
 from peftds.search.store import TrialTable
 from peftds.search.trial import effective_status, finished_result, job_error, launcher_error
 from peftds.train.launched import run_launched
@@ -110,7 +111,8 @@ def compare_job(cfg: Any) -> dict[str, Any]:
     return {k: rec.get(k) for k in ("status", "error", "score", "wall_time_s", "run_dir")}
 
 
-def run_row(r: PlannedRun, plan: ComparePlan, rec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def run_row(r: PlannedRun, plan: ComparePlan, rec: dict[str, Any]) -> dict[str, Any]:
+    """The runs.csv row of a finished run (its run_dir relative to the compare dir: the folder can move)."""
     status = effective_status(rec)
     best = rec.get("best") or {}
     metrics = {k: v for k, v in best.items() if k != "epoch"}
@@ -124,7 +126,7 @@ def run_row(r: PlannedRun, plan: ComparePlan, rec: dict[str, Any], run_dir: Path
         "score": f"{rec['score']:.4f}" if status == "ok" else "", "best_epoch": best.get("epoch", ""),
         "epochs": plan.epochs, "wall_time_s": f"{float(rec.get('wall_time_s') or 0):.1f}",
         "device": rec.get("device") or "", "status": status,
-        "error": str(rec.get("error") or "").replace("\n", " ")[:500], "run_dir": str(run_dir),
+        "error": str(rec.get("error") or "").replace("\n", " ")[:500], "run_dir": str(Path(RUNS_DIR) / r.run_id),
     }  # fmt: skip
 
 
@@ -147,11 +149,24 @@ class Comparison:
         """A row for every finished run whose row is missing."""
         have = self.table.keys()
         rows = [
-            run_row(r, self.plan, rec, self.run_dir(r))
+            run_row(r, self.plan, rec)
             for r in self.plan.runs
             if (r.run_id,) not in have and (rec := self.finished(r)) is not None
         ]
         return self.table.append(rows)
+
+    def relative_run_dirs(self) -> int:
+        """Rows written by older versions name their run dir by its absolute path: rewrite them relative to
+        the compare dir (runs/<run id>), so the folder can be moved; returns how many changed."""
+        if not any(Path(r.get("run_dir") or "").is_absolute() for r in self.table.read()):
+            return 0
+        with file_lock(self.table.lock_path):
+            rows = self.table.read()
+            old = [r for r in rows if Path(r.get("run_dir") or "").is_absolute()]
+            for r in old:
+                r["run_dir"] = str(Path(RUNS_DIR) / r["run_id"])
+            self.table.write(rows)
+            return len(old)
 
     def reset_failed(self) -> None:
         failed = [r for r in self.plan.runs if effective_status(self.finished(r)) == "failed"]
@@ -262,8 +277,15 @@ class Comparison:
         return load
 
     def write_table(self) -> str:
-        return write_tables(build_table(self.plan, self.table.read(), self.predictions(), self.plan.settings.published),
-                            self.dir)  # fmt: skip
+        """table.md/.csv/.tex of the plan's runs (rows of other settings in runs.csv are named, not used)."""
+        t = build_table(self.plan, self.table.read(), self.predictions(), self.plan.settings.published)
+        if t.stale:
+            self.echo(
+                f"[compare] {len(t.stale)} run(s) in {self.dir / RUNS_FILE} are of other settings (another regime or "
+                f"design configuration; this plan's regime is {self.plan.regime_hash}): stale, left out of the table, "
+                f"e.g. {', '.join(t.stale[:3])}"
+            )
+        return write_tables(t, self.dir)
 
 
 def copy_design_files(plan: ComparePlan, cdir: Path) -> None:
@@ -281,35 +303,44 @@ def run_compare(argv: Sequence[str], echo: Callable[..., Any] = print) -> int:
     cdir = compare_dir(plan.settings)
     comp = Comparison(plan, cdir, echo)
     echo(comp.describe())
+    for note in plan.notes:
+        echo(f"[compare] {note}")
     if plan.settings.dry:
         echo(comp.listing())
         return 0
     dcfg = data_config(plan.data)
     for t in plan.tasks:
         choose_source(load_task(t, conf_dir()), dcfg)
-    copy_design_files(plan, cdir)
     forward = [a for a in args if not override_key(a).startswith(("hydra.", "hydra/"))]
+    # a process that does not get the lock writes nothing: the running one owns the dir and its tables
+    with file_lock(cdir / COMPARE_LOCK, wait=False, busy=f"another peftds compare is running in {cdir}"):
+        copy_design_files(plan, cdir)
+        comp.relative_run_dirs()
+        try:
+            with hydra_session(hydra_arguments(args, cdir), compare_job, "compare") as (cfg, launcher):
+                comp.run(cfg, launcher, forward)
+        finally:
+            comp.reconcile()
+            if comp.table.read():
+                echo(comp.write_table())
+                echo(f"[compare] tables: {cdir}/table.md, table.csv, table.tex; runs: {cdir / RUNS_FILE}")
+    mine = {r.run_id for r in plan.runs}
+    failed = sum(r["status"] != "ok" for r in comp.table.read() if r["run_id"] in mine)
+    return 1 if failed else 0
+
+
+def hydra_arguments(args: Sequence[str], cdir: Path) -> list[str]:
+    """The Hydra overrides of the comparison's session: its dir, and its copied design files on the search path."""
     user_paths = [a.split("=", 1)[1].strip("[]") for a in args if override_key(a) == "hydra.searchpath"]
     own = [f"file://{cdir / CONF_SUBDIR}"] if (cdir / CONF_SUBDIR).is_dir() else []  # Hydra warns of a missing one
     paths = ",".join([*own, *[p for p in user_paths if p]])
-    hydra_args = [
+    return [
         *[a for a in args if override_key(a) != "hydra.searchpath"],
         f"hydra.sweep.dir={cdir}",
         *([f"hydra.searchpath=[{paths}]"] if paths else []),
         "hydra.hydra_logging.root.level=WARNING",
         "hydra.job_logging.root.handlers=[file]",
     ]
-    lock = file_lock(cdir / COMPARE_LOCK, wait=False, busy=f"another peftds compare is running in {cdir}")
-    try:
-        with lock, hydra_session(hydra_args, compare_job, "compare") as (cfg, launcher):
-            comp.run(cfg, launcher, forward)
-    finally:
-        comp.reconcile()
-        if comp.table.read():
-            echo(comp.write_table())
-            echo(f"[compare] tables: {cdir}/table.md, table.csv, table.tex; runs: {cdir / RUNS_FILE}")
-    failed = sum(r["status"] != "ok" for r in comp.table.read())
-    return 1 if failed else 0
 
 
 def cmd_compare(argv: list[str]) -> int:

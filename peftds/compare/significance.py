@@ -10,6 +10,11 @@
   with the task's metric (peftds.data.metrics.compute_metrics). For an average column d* is the mean of
   the tasks' d*, each task resampled on its own. With B draws, p = min(1, 2 * min(P(d* <= 0), P(d* >= 0)))
   where P(.) = (count + 1) / (B + 1): two-sided, and never exactly 0.
+
+  Accuracy, ROUGE-F and BLEU are computed once per run from per-example statistics (0/1 hits, each
+  example's ROUGE F-measure, each segment's BLEU n-gram counts and lengths); a resample re-weights them by
+  how often it draws each example, which gives exactly the metric of the resampled predictions. Other
+  metrics (F1, MCC, correlations) are recomputed on every resample.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from peftds.data.metrics import compute_metrics
+from peftds.data.metrics import ROUGE, bleu_from_statistics, bleu_statistics, compute_metrics, rouge_per_example
 
 
 def paired_t(a: Sequence[float], b: Sequence[float]) -> float | None:
@@ -56,21 +61,69 @@ def metric_function(task: Any, metric: str) -> Callable[[Sequence[Any], Sequence
     return fn
 
 
-def per_example(task: Any, metric: str) -> bool:
-    """Whether the metric is a plain mean over examples (accuracy): then a resample is a mean of 0/1s."""
-    names = list(task.score) if metric == "score" else [metric]
-    return task.kind == "classification" and names == ["accuracy"]
+def metric_names(task: Any, metric: str) -> list[str]:
+    """The task metrics a column's value is the mean of."""
+    return list(task.score) if metric == "score" else [metric]
 
 
-def resampled_differences(pair: PairedPredictions, draws: np.ndarray) -> np.ndarray:
+def decomposes(task: Any, metric: str) -> bool:
+    """Whether the column's metric is a function of per-example statistics summed over the examples:
+    accuracy and ROUGE-F (means over examples) and BLEU (sums of per-segment n-gram counts). Then every
+    resample only re-weights statistics computed once per run."""
+    ok = ("bleu", *ROUGE) + (("accuracy",) if task.kind == "classification" else ())
+    return all(m in ok for m in metric_names(task, metric))
+
+
+# (id of the prediction list, id of the reference list) -> (the two lists, metric name -> per-example statistics)
+StatisticsCache = dict[tuple[int, int], tuple[Any, Any, dict[str, np.ndarray]]]
+
+
+def example_statistics(name: str, preds: Sequence[Any], refs: Sequence[Any], cache: StatisticsCache) -> np.ndarray:
+    """(n, k) statistics of every example for one metric (computed once per run: the cache keeps them)."""
+    key = (id(preds), id(refs))
+    if key not in cache:
+        cache[key] = (preds, refs, {})  # the lists are kept, so their ids stay theirs
+    stats = cache[key][2]
+    if name not in stats:
+        if name == "accuracy":
+            stats[name] = 100.0 * (np.asarray(preds, np.int64) == np.asarray(refs, np.int64))[:, None]
+        elif name == "bleu":
+            stats[name] = bleu_statistics(preds, refs)
+        else:  # one pass of the ROUGE scorer gives all three
+            stats.update({k: v[:, None] for k, v in rouge_per_example(preds, refs).items()})
+    return stats[name]
+
+
+def value_from_sums(name: str, sums: np.ndarray, n: int) -> np.ndarray:
+    """The metric of every resample from its summed statistics (B, k)."""
+    if name == "bleu":
+        return np.array([bleu_from_statistics(row) for row in sums])
+    return sums[:, 0] / n
+
+
+def draw_counts(draws: np.ndarray, n: int) -> np.ndarray:
+    """(B, n): how often each example is in each draw."""
+    b = len(draws)
+    return np.bincount((draws + n * np.arange(b)[:, None]).ravel(), minlength=b * n).reshape(b, n).astype(float)
+
+
+def resampled_differences(
+    pair: PairedPredictions, draws: np.ndarray, cache: StatisticsCache | None = None
+) -> np.ndarray:
     """d* of every draw (rows of example indices) for one task."""
     refs = pair.references
-    if per_example(pair.task, pair.metric):
-        r = np.asarray(refs, dtype=np.int64)
-        diff = np.mean([np.asarray(a, np.int64) == r for a in pair.best], axis=0, dtype=float) - np.mean(
-            [np.asarray(b, np.int64) == r for b in pair.second], axis=0, dtype=float
-        )
-        return 100.0 * diff[draws].mean(axis=1)
+    if decomposes(pair.task, pair.metric):
+        cache = {} if cache is None else cache
+        counts = draw_counts(draws, len(refs))
+        names = metric_names(pair.task, pair.metric)
+
+        def value(preds: Sequence[Any]) -> np.ndarray:
+            return np.mean(
+                [value_from_sums(m, counts @ example_statistics(m, preds, refs, cache), len(refs)) for m in names],
+                axis=0,
+            )
+
+        return np.mean([value(a) - value(b) for a, b in zip(pair.best, pair.second)], axis=0)
     fn = metric_function(pair.task, pair.metric)
     out = np.empty(len(draws))
     for i, idx in enumerate(draws):
@@ -80,8 +133,11 @@ def resampled_differences(pair: PairedPredictions, draws: np.ndarray) -> np.ndar
     return out
 
 
-def paired_bootstrap(pairs: Sequence[PairedPredictions], resamples: int = 1000, seed: int = 0) -> float | None:
-    """Two-sided p that the best and the second best differ (see the module docstring); None without data."""
+def paired_bootstrap(
+    pairs: Sequence[PairedPredictions], resamples: int = 1000, seed: int = 0, cache: StatisticsCache | None = None
+) -> float | None:
+    """Two-sided p that the best and the second best differ (see the module docstring); None without data.
+    `cache` keeps per-example statistics between calls (one table's columns share runs)."""
     pairs = [p for p in pairs if p.best and p.second and p.references]
     if not pairs or resamples < 1:
         return None
@@ -91,7 +147,7 @@ def paired_bootstrap(pairs: Sequence[PairedPredictions], resamples: int = 1000, 
         n = len(pair.references)
         if any(len(x) != n for x in [*pair.best, *pair.second]):
             return None  # runs scored on different dev sets cannot be paired
-        total += resampled_differences(pair, rng.integers(0, n, size=(resamples, n)))
+        total += resampled_differences(pair, rng.integers(0, n, size=(resamples, n)), cache)
     total /= len(pairs)
     le = (np.sum(total <= 0) + 1) / (resamples + 1)
     ge = (np.sum(total >= 0) + 1) / (resamples + 1)

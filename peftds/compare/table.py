@@ -3,7 +3,13 @@
 against the second best, the majority-class baseline of every task and the paper's rows.
 
 A task no design learns (no design's mean above the majority-class score of the dev set) is flagged
-and left out of the average, never averaged in silently.
+and left out of the average, never averaged in silently; the table then also shows the average over all
+tasks (`avg_all`), the one the paper's averages are comparable with.
+
+Only the runs of the plan count: a row of runs.csv whose run id is not one of the plan's (another
+regime, another design configuration in the same dir) is stale: counted in the notes, never averaged in.
+A best design gets a significance mark only when it also leads on the seeds both it and the second
+best finished (the pairs the tests use); designs with equal means are tied and none of them is marked.
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ from typing import Any
 import numpy as np
 
 from peftds.compare.published import PaperRows, paper_rows
-from peftds.compare.significance import PairedPredictions, paired_bootstrap, paired_t
+from peftds.compare.significance import PairedPredictions, StatisticsCache, paired_bootstrap, paired_t
 from peftds.config.compose import conf_dir
 from peftds.data.metrics import compute_metrics
 from peftds.data.tasks import load_task
+
+TIE_TOLERANCE = 1e-9  # means closer than this are equal (exact ties, up to float rounding)
 
 # (design label, task, seed) -> (predictions, references) of that run, None when not saved
 PredictionLoader = Callable[[str, str, int], tuple[list[Any], list[Any]] | None]
@@ -44,9 +52,10 @@ class Cell:
         return float(np.mean(list(self.values.values())))
 
     @property
-    def std(self) -> float:
+    def std(self) -> float | None:
+        """The spread over seeds (None with one seed: there is none)."""
         v = list(self.values.values())
-        return float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+        return float(np.std(v, ddof=1)) if len(v) > 1 else None
 
 
 @dataclass
@@ -55,6 +64,14 @@ class Best:
     second: str | None
     p_t: float | None = None
     p_boot: float | None = None
+    tied: list[str] = field(default_factory=list)  # every design with the best mean, when more than one
+    leads: bool = True  # the best is ahead of the second on the seeds both finished (the tests' pairs)
+    same_seeds: bool = True  # the two means cover the same seeds
+
+    @property
+    def marked(self) -> bool:
+        """Whether a significance mark may go on the best: no tie, and ahead on the paired data."""
+        return not self.tied and self.leads
 
 
 @dataclass
@@ -72,6 +89,10 @@ class Table:
     alpha: float = 0.05
     bootstrap: int = 0
     digits: int = 1
+    stale: list[str] = field(default_factory=list)  # run ids of runs.csv rows that are not the plan's
+
+
+AVG_ALL = "avg_all"  # the average over all tasks, beside `avg` when some task is unlearned
 
 
 def columns_of(tasks: Sequence[str], mode: str, average: bool) -> list[Column]:
@@ -85,6 +106,13 @@ def columns_of(tasks: Sequence[str], mode: str, average: bool) -> list[Column]:
     if average and len(tasks) > 1:
         cols.append(Column("avg", None, "score"))
     return cols
+
+
+def plan_rows(plan: Any, rows: Sequence[Mapping[str, str]]) -> tuple[list[Mapping[str, str]], list[str]]:
+    """(the rows of the plan's runs, the run ids of every other row): a table holds only its plan's runs."""
+    ids = {r.run_id for r in plan.runs}
+    mine = [r for r in rows if r.get("run_id") in ids]
+    return mine, [str(r.get("run_id")) for r in rows if r.get("run_id") not in ids]
 
 
 def ok_rows(rows: Sequence[Mapping[str, str]]) -> dict[tuple[str, str, int], dict[str, float]]:
@@ -117,6 +145,7 @@ def build_table(
     s = plan.settings
     designs = [e.label for e in plan.designs]
     columns = columns_of(plan.tasks, s.columns, s.average)
+    rows, stale = plan_rows(plan, rows)
     got = ok_rows(rows)
     pct: dict[str, float | None] = {}
     for d in designs:
@@ -131,7 +160,7 @@ def build_table(
             if vals:
                 cells[d][c.id] = Cell(vals)
     t = Table(plan.model, columns, designs, list(plan.seeds), pct, cells,
-              alpha=s.alpha, bootstrap=s.bootstrap, digits=s.digits)  # fmt: skip
+              alpha=s.alpha, bootstrap=s.bootstrap, digits=s.digits, stale=stale)  # fmt: skip
     refs_of = {}
     for c in columns:
         if c.task is None or c.task in refs_of:
@@ -153,22 +182,37 @@ def build_table(
             t.unlearned.append(name)
     avg = next((c for c in columns if c.id == "avg"), None)
     learned = [x for x in plan.tasks if x not in t.unlearned]
-    if avg is not None and learned:
+    averages = {"avg": learned}
+    if avg is not None and t.unlearned:
+        columns.insert(columns.index(avg) + 1, Column(AVG_ALL, None, "score"))
+        averages[AVG_ALL] = list(plan.tasks)
+    for col_id, over in averages.items():
+        if avg is None or not over:
+            continue
         for d in designs:
-            per_seed = {sd: float(np.mean([got[(d, x, sd)]["score"] for x in learned]))
-                        for sd in plan.seeds if all((d, x, sd) in got for x in learned)}  # fmt: skip
+            per_seed = {sd: float(np.mean([got[(d, x, sd)]["score"] for x in over]))
+                        for sd in plan.seeds if all((d, x, sd) in got for x in over)}  # fmt: skip
             if per_seed:
-                cells[d]["avg"] = Cell(per_seed)
+                cells[d][col_id] = Cell(per_seed)
+    cache: StatisticsCache = {}
     for c in columns:
-        t.best[c.id] = best_of(t, c, learned if c.id == "avg" else [c.task], load_predictions, s.bootstrap)
+        over = averages.get(c.id, [c.task])
+        t.best[c.id] = best_of(t, c, over, load_predictions, s.bootstrap, cache)
     t.best = {k: v for k, v in t.best.items() if v is not None}
     if published:
         t.paper = paper_rows(plan.model, columns, plan.tasks)
+        if t.unlearned:  # the paper averages over every task: beside our average over all tasks
+            for vals in t.paper.rows.values():
+                if "avg" in vals:
+                    vals[AVG_ALL] = vals.pop("avg")
     return t
 
 
-def best_of(t: Table, col: Column, tasks: Sequence[str], load: PredictionLoader, resamples: int) -> Best | None:
-    """The column's best and second-best design (by mean) and the p-values of their difference."""
+def best_of(
+    t: Table, col: Column, tasks: Sequence[str], load: PredictionLoader, resamples: int, cache: StatisticsCache
+) -> Best | None:
+    """The column's best and second-best design (by mean) and the p-values of their difference; designs
+    with exactly the best mean are a tie (no p-values: there is no difference to test)."""
     ranked = sorted((d for d in t.designs if col.id in t.cells[d]), key=lambda d: -t.cells[d][col.id].mean)
     if not ranked:
         return None
@@ -176,8 +220,18 @@ def best_of(t: Table, col: Column, tasks: Sequence[str], load: PredictionLoader,
         return Best(ranked[0], None)
     b, s = ranked[0], ranked[1]
     cb, cs = t.cells[b][col.id], t.cells[s][col.id]
+    tied = [d for d in ranked if abs(t.cells[d][col.id].mean - cb.mean) <= TIE_TOLERANCE]
+    if len(tied) > 1:
+        return Best(b, s, tied=tied, leads=False)
     seeds = [sd for sd in t.seeds if sd in cb.values and sd in cs.values]
-    out = Best(b, s, p_t=paired_t([cb.values[x] for x in seeds], [cs.values[x] for x in seeds]))
+    paired = [cb.values[x] - cs.values[x] for x in seeds]
+    out = Best(
+        b,
+        s,
+        p_t=paired_t([cb.values[x] for x in seeds], [cs.values[x] for x in seeds]),
+        leads=bool(paired) and float(np.mean(paired)) > 0,
+        same_seeds=set(cb.values) == set(cs.values),
+    )
     if resamples and seeds:
         pairs = []
         for name in tasks:
@@ -188,7 +242,7 @@ def best_of(t: Table, col: Column, tasks: Sequence[str], load: PredictionLoader,
             task = load_task(name, conf_dir())
             metric = col.metric if col.task is not None else "score"
             pairs.append(PairedPredictions(task, metric, pb[0][1], [x[0] for x in pb], [x[0] for x in ps]))
-        out.p_boot = paired_bootstrap(pairs, resamples)
+        out.p_boot = paired_bootstrap(pairs, resamples, cache=cache)
     return out
 
 

@@ -69,18 +69,22 @@ def spearman(pred: Sequence[Any], ref: Sequence[Any]) -> float:
     return _corr(spearmanr, pred, ref)
 
 
-def rouge(pred: Sequence[str], ref: Sequence[str]) -> dict[str, float]:
-    """Mean ROUGE-1/2/L F-measure x100 (rouge-score, Porter stemming)."""
+def rouge_per_example(pred: Sequence[str], ref: Sequence[str]) -> dict[str, np.ndarray]:
+    """ROUGE-1/2/L F-measure x100 of every example (rouge-score, Porter stemming)."""
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-    sums = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
-    for p, r in zip(pred, ref):
+    out = {k: np.empty(len(pred)) for k in ("rouge1", "rouge2", "rougeL")}
+    for i, (p, r) in enumerate(zip(pred, ref)):
         s = scorer.score(str(r), str(p))  # score(target, prediction)
-        for k in sums:
-            sums[k] += s[k].fmeasure
-    n = max(len(pred), 1)
-    return {k: 100.0 * v / n for k, v in sums.items()}
+        for k, v in out.items():
+            v[i] = 100.0 * s[k].fmeasure
+    return out
+
+
+def rouge(pred: Sequence[str], ref: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F-measure x100 (a mean over examples)."""
+    return {k: float(v.mean()) if len(v) else 0.0 for k, v in rouge_per_example(pred, ref).items()}
 
 
 def bleu(pred: Sequence[str], ref: Sequence[str]) -> float:
@@ -88,6 +92,27 @@ def bleu(pred: Sequence[str], ref: Sequence[str]) -> float:
     import sacrebleu
 
     return float(sacrebleu.corpus_bleu([str(p) for p in pred], [[str(r) for r in ref]]).score)
+
+
+def bleu_statistics(pred: Sequence[str], ref: Sequence[str]) -> np.ndarray:
+    """Per segment BLEU's sufficient statistics (n x 10: matched n-grams for n = 1..4, n-grams for n = 1..4,
+    hypothesis length, reference length): corpus BLEU is a function of their sums (bleu_from_statistics)."""
+    from sacrebleu.metrics import BLEU
+
+    scorer = BLEU(effective_order=True)  # only the score of one segment depends on it, not its counts
+    rows = []
+    for p, r in zip(pred, ref):
+        s = scorer.sentence_score(str(p), [str(r)])
+        rows.append([*s.counts, *s.totals, s.sys_len, s.ref_len])
+    return np.asarray(rows, dtype=float).reshape(len(rows), 10)
+
+
+def bleu_from_statistics(sums: Sequence[float]) -> float:
+    """Corpus BLEU from summed segment statistics (bleu_statistics): equal to `bleu` on the same segments."""
+    from sacrebleu.metrics import BLEU
+
+    x = [round(float(v)) for v in sums]
+    return float(BLEU.compute_bleu(x[:4], x[4:8], x[8], x[9], smooth_method="exp").score)
 
 
 _SIMPLE: dict[str, Callable[[Sequence[Any], Sequence[Any]], float]] = {
@@ -98,8 +123,8 @@ _SIMPLE: dict[str, Callable[[Sequence[Any], Sequence[Any]], float]] = {
     "spearman": spearman,
     "bleu": bleu,
 }
-_ROUGE = ("rouge1", "rouge2", "rougeL")
-METRICS: tuple[str, ...] = tuple(_SIMPLE) + _ROUGE
+ROUGE = ("rouge1", "rouge2", "rougeL")
+METRICS: tuple[str, ...] = tuple(_SIMPLE) + ROUGE
 
 
 def compute_metrics(task: Any, predictions: Sequence[Any], references: Sequence[Any]) -> dict[str, float]:
@@ -112,10 +137,10 @@ def compute_metrics(task: Any, predictions: Sequence[Any], references: Sequence[
         raise PeftdsError(f"task '{task.name}': no examples to score")
     out: dict[str, float] = {}
     wanted = list(dict.fromkeys(list(task.metrics) + list(task.score)))
-    if any(m in _ROUGE for m in wanted):
+    if any(m in ROUGE for m in wanted):
         out.update({k: v for k, v in rouge(predictions, references).items() if k in wanted})
     for m in wanted:
-        if m in _ROUGE:
+        if m in ROUGE:
             continue
         if m not in _SIMPLE:
             raise PeftdsError(f"task '{task.name}': unknown metric '{m}' (known: {', '.join(METRICS)})")

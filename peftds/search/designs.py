@@ -16,12 +16,13 @@ from peftds.design.budget import budget_params
 from peftds.design.plan import Design
 from peftds.design.space import Space
 from peftds.errors import PeftdsError
-from peftds.files import BEST_DESIGN, DESIGN_CONF_DIR, STAGE_FILE, read_json, write_text_atomic
+from peftds.files import BEST_DESIGN, DESIGN_CONF_DIR, STAGE_FILE, TRIALS_FILE, read_json, write_text_atomic
 from peftds.model.backbones import Backbone, build_model
 from peftds.model.strategies import LETTERS, NAMES
 from peftds.search.sampler import sample_designs
 from peftds.search.settings import SearchSetup, min_ok_count, race_settings
 from peftds.search.stages import StageSpec, safe_name
+from peftds.search.stats import read_table
 
 DESIGN_DEFAULTS = ["base_hparams", "_self_"]
 
@@ -121,6 +122,27 @@ def pair_record(samples: Mapping[str, list[Mapping[str, Any]]]) -> dict[str, Any
     return {"exact": exact, "inexact": sorted(set(attempts) - set(exact))}
 
 
+def changed_settings(meta: Mapping[str, Any], config: SearchSetup, stage_dir: Path) -> list[str]:
+    """The settings that decide what a stage's trials compute and differ from those it was started with
+    (stage.json): the global seed, search.seed, the task set and the training regime."""
+    trial_seed = meta.get("trial_seed")
+    if trial_seed is None:  # a stage.json of an older version: the seed its rows were trained with
+        seeds = set(read_table(Path(stage_dir) / TRIALS_FILE).get("seed", []))
+        trial_seed = int(seeds.pop()) if len(seeds) == 1 else None
+    changed = []
+    for name, old, new in (
+        ("seed", trial_seed, config.seed),
+        ("search.seed", meta.get("sample_seed"), config.settings.seed),
+    ):
+        if old is not None and old != new:
+            changed.append(f"{name} ({old}, now {new})")
+    if meta.get("tasks") != config.tasks:
+        changed.append("the task set")
+    if meta.get("regime") != config.regime_hash:
+        changed.append("the training regime")
+    return changed
+
+
 class StageDesigns:
     """Samples (or reloads) a stage's designs and writes their design files and stage.json."""
 
@@ -148,17 +170,11 @@ class StageDesigns:
                 f"{stage_dir} was sampled from another space ({meta.get('space', {}).get('describe')}); "
                 f"now: {space.describe()}. Use a new search.dir"
             )
-        changed = [
-            k
-            for k, old, new in (
-                ("search.seed", meta.get("sample_seed"), self.settings.seed),
-                ("search.paired", bool(meta.get("paired", False)), self.settings.paired),
-                ("the stage's options", meta.get("options"), spec.options),
-                ("the task set", meta.get("tasks"), self.config.tasks),
-                ("the training regime", meta.get("regime"), self.config.regime_hash),
-            )
-            if old != new
-        ]
+        changed = changed_settings(meta, self.config, stage_dir)
+        if bool(meta.get("paired", False)) != self.settings.paired:
+            changed.append("search.paired")
+        if meta.get("options") != spec.options:
+            changed.append("the stage's options")
         if changed:
             raise PeftdsError(
                 f"{stage_dir} was started with different {', '.join(changed)}; resume it with "
@@ -211,6 +227,7 @@ class StageDesigns:
             "sample_seed": s.seed,
             "paired": s.paired,
             "pairs": pair_record(samples) if s.paired else None,
+            "trial_seed": self.config.seed,  # the global seed every trial trains with (part of its id)
             "min_ok": min_ok_count(s),
             "bootstrap": s.bootstrap,
             "seed": s.seed,
@@ -269,18 +286,22 @@ class StageDesigns:
         sample = next(s for s in meta["samples"][w] if s["index"] == best["index"])
         src = yaml.safe_load((self.dir / sample["design_file"]).read_text())
         src.pop("defaults", None)
+        model = self.config.model.get("name")
         cfg = {
             "defaults": DESIGN_DEFAULTS,
             **src,
             "name": f"best_{safe_name(spec.name)}",
+            # the model it was made for: `peftds train design=<this file>` selects it (an explicit model= wins)
+            **({"model": model} if model else {}),
             "hparams": self.model.hparams,
         }
         path = stage_dir / BEST_DESIGN
         header = (
             f"# best design of stage {spec.name}: option {w} (mean {summary['options'][w]['mean']:.2f}), "
             f"design {best['design']} scored {best['score']:.2f}\n"
-            f"# (mean over {', '.join(self.config.tasks)} on the held-out slice; concrete group sizes for this model)\n"
-            f"# use: peftds train design={path}\n"
+            f"# (mean over {', '.join(self.config.tasks)} on the held-out slice; concrete group sizes for model "
+            f"{model})\n"
+            f"# use: peftds train design={path} task=<task>\n"
         )
         write_text_atomic(path, header + yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None))
         return path

@@ -15,6 +15,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,11 @@ import yaml
 
 from peftds.config.compose import compose, conf_dir, hydra_error_line
 from peftds.errors import PeftdsError
-from peftds.files import CONF_SUBDIR, SEARCH_CONFIG, SEARCH_LOCK, TRIALS_DIR, file_lock, write_text_atomic
+from peftds.files import CONF_SUBDIR, SEARCH_CONFIG, SEARCH_LOCK, SEARCH_STATE, TRIALS_DIR, file_lock, write_text_atomic
 from peftds.search.runner import Search
 from peftds.search.settings import config_hash
 from peftds.search.stages import safe_name
-from peftds.search.state import read_state, record_args
+from peftds.search.state import override_key, read_state, record_args
 from peftds.search.trial import trial_job
 
 FILE_GROUPS = ("search", "stage", "space")  # groups whose value may be a YAML file path
@@ -40,12 +41,6 @@ NOT_IN_DIR_KEY = ("hydra/launcher", "hydra.launcher.", "hydra.hydra_logging", "h
 
 
 # ----------------------------------------------------------------------------------- arguments
-def override_key(arg: str) -> str:
-    """The key of a Hydra override (`+a.b=1` -> `a.b`, `hydra/launcher=joblib` -> `hydra/launcher`)."""
-    m = re.match(r"^[+~]*([^=]+)", arg)
-    return m.group(1) if m else arg
-
-
 def primary_groups() -> set[str]:
     """The config groups conf/config.yaml has a default for (no `+` needed to select them)."""
     cfg = yaml.safe_load((conf_dir() / f"{PRIMARY_CONFIG}.yaml").read_text()) or {}
@@ -159,8 +154,47 @@ def default_search_dir(argv: Sequence[str]) -> Path:
     return Path(configured or f"outputs/search/{stage_name}/{args_key(argv)}").expanduser().resolve()
 
 
-def prepare(argv: Sequence[str]) -> tuple[Path, list[str], list[str]]:
-    """(search dir, all overrides for the search process, overrides forwarded to every trial)."""
+@dataclass
+class Prepared:
+    """A search command's arguments, resolved against its search dir; `keep` is what search.json stores
+    once the config is accepted, `created` what preparing wrote (removed again when it is not)."""
+
+    dir: Path
+    overrides: list[str]  # every override of the search process
+    forward: list[str]  # the overrides every trial gets
+    keep: list[str]
+    stored: list[str]  # the arguments search.json held (their values come from there)
+    given: set[str]  # the keys the command itself names
+    created: list[Path] = field(default_factory=list)
+
+    def accept(self) -> None:
+        """The config is accepted: remember its arguments for resume."""
+        record_args(self.dir, self.keep)
+
+    def reject(self) -> None:
+        """The config is refused: remove what preparing wrote (a new search dir goes as a whole)."""
+        for path in reversed(self.created):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+    def blame(self, message: str) -> str:
+        """An error message that quotes a stored value says where it comes from."""
+        keys = [override_key(a) for a in self.stored if override_key(a) not in self.given]
+        if any("." in k and k in message for k in keys):  # dotted keys: a group name is too common a word
+            return f"{message} (a value stored in {self.dir / SEARCH_STATE})"
+        return message
+
+
+def files_under(root: Path) -> set[Path]:
+    """Every file and folder below root (none when it does not exist)."""
+    return set(root.rglob("*")) if root.is_dir() else set()
+
+
+def prepare(argv: Sequence[str]) -> Prepared:
+    """The search dir, the overrides of the search process and of every trial; writes only the group files
+    the config needs to compose (Prepared.created), never search.json."""
     argv = list(argv)
     check_args(argv)
     dir_arg = next((a.split("=", 1)[1] for a in argv if override_key(a) == "search.dir"), None)
@@ -171,8 +205,12 @@ def prepare(argv: Sequence[str]) -> tuple[Path, list[str], list[str]]:
     else:
         sdir = default_search_dir(argv)
     conf_root = sdir / CONF_SUBDIR
+    new_root = next((p for p in (*reversed(sdir.parents), sdir, conf_root) if not p.exists()), None)
+    before = files_under(conf_root)
     conf_root.mkdir(parents=True, exist_ok=True)
-    args = with_defaults(merge_args(stored, normalise(argv, conf_root)))
+    normalised = normalise(argv, conf_root)
+    created = [new_root] if new_root is not None else sorted(files_under(conf_root) - before)
+    args = with_defaults(merge_args(stored, normalised))
     args = [a for a in args if override_key(a) != "search.dir"] + [f"search.dir={sdir}"]
     rest = [a for a in args if override_key(a) != "hydra.searchpath"]
     searchpath = with_searchpath([a for a in args if override_key(a) == "hydra.searchpath"], conf_root)
@@ -191,7 +229,7 @@ def prepare(argv: Sequence[str]) -> tuple[Path, list[str], list[str]]:
         and override_key(a).split(".")[0] not in ("stage", "space")
         and override_key(a) != "search.dir"
     ]
-    # remember the arguments (file groups already rewritten to names in the search dir) for resume
+    # the arguments to resume with (file groups already rewritten to names in the search dir)
     keep = [
         a
         for a in rest
@@ -199,8 +237,7 @@ def prepare(argv: Sequence[str]) -> tuple[Path, list[str], list[str]]:
         and not a.startswith("hydra/launcher")
         and not override_key(a).startswith("hydra.launcher")
     ]
-    record_args(sdir, keep)
-    return sdir, all_args, forward
+    return Prepared(sdir, all_args, forward, keep, stored, {override_key(a) for a in argv}, created)
 
 
 def search_dir_lock(sdir: Path) -> contextlib.AbstractContextManager[None]:
@@ -290,13 +327,23 @@ def hydra_session(
 
 # ----------------------------------------------------------------------------------- the command
 def run_search(argv: Sequence[str], echo: Callable[..., Any] = print) -> int:
-    """`peftds search <overrides>` in process: prepare the search dir, start Hydra, run every stage."""
-    sdir, overrides, forward = prepare(argv)
+    """`peftds search <overrides>` in process: prepare the search dir, start Hydra, check every setting,
+    then record the arguments and run every stage. A refused command leaves the dir as it found it."""
+    prep = prepare(argv)
+    sdir, accepted = prep.dir, False
     try:
-        with search_dir_lock(sdir), hydra_session(overrides) as (cfg, launcher):
-            search = Search.from_config(cfg, sdir, forward, launcher, echo=echo)
+        with search_dir_lock(sdir), hydra_session(prep.overrides) as (cfg, launcher):
+            search = Search.from_config(cfg, sdir, prep.forward, launcher, echo=echo)
+            plan = search.plan_stages()  # every check before the dir records anything
+            prep.accept()
+            accepted = True
             write_search_config(sdir, cfg)
-            return search.run()
+            return search.run(plan)
+    except PeftdsError as e:
+        if accepted:
+            raise
+        prep.reject()
+        raise PeftdsError(prep.blame(str(e))) from None
     except KeyboardInterrupt:
         echo(f"\n[search] interrupted; resume with: peftds search search.dir={sdir}")
         raise

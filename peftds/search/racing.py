@@ -94,7 +94,8 @@ def per_test_delta(settings: RaceSettings, n_options: int, n_max: int) -> float:
 
 
 def half_width(n: Any, var: Any, spread: Any, settings: RaceSettings, n_options: int, n_max: int) -> np.ndarray:
-    """Half-width of the interval of an option's mean (elementwise; inf below min_designs designs).
+    """Half-width of the interval of an option's mean (elementwise; inf, i.e. n/a, below min_designs designs
+    and, for the t interval, when the designs all score the same: an n/a bound eliminates nothing).
 
     n: scored designs, var: their sample variance (ddof=1), spread: the score range the bound assumes.
     """
@@ -114,6 +115,7 @@ def half_width(n: Any, var: Any, spread: Any, settings: RaceSettings, n_options:
 
         uniq, inv = np.unique(m, return_inverse=True)  # few distinct n: one quantile each
         w = student_t.ppf(1 - d / 2, uniq - 1)[inv].reshape(m.shape) * np.sqrt(var / m)
+        ok &= var > 0  # designs that all score the same: no zero-width interval, the bound is n/a
     return np.where(ok, w, np.inf)
 
 

@@ -39,6 +39,7 @@ import numpy as np
 
 from peftds.errors import PeftdsError
 from peftds.files import (
+    RACE_FILE,
     REPLAY_JSON,
     REPLAY_MD,
     REPLAY_PLOT,
@@ -105,6 +106,27 @@ def epoch_score(cell: Any, k: int, where: str) -> float:
     return max(xs[:k])
 
 
+def check_complete(stage_dir: Path, meta: Mapping[str, Any], df: Any, tasks: list[str]) -> None:
+    """A replay redraws every option's N designs: a raced stage (fewer designs for the options it
+    eliminated) or an unfinished one would silently shrink N, so it is refused in one line."""
+    if (stage_dir / RACE_FILE).exists():
+        raise PeftdsError(
+            f"{stage_dir} was raced ({RACE_FILE}): its options do not all have N designs; replay needs a stage "
+            "run with search.racing=false (resume it so, and every option gets its N designs)"
+        )
+    every = design_scores(df, tasks)
+    finished = every[every["tasks_ok"] + every["tasks_failed"] >= len(tasks)].groupby("option").size()
+    planned = {str(o): int(n) for o, n in (meta.get("planned") or {}).items()}
+    wanted = {str(o): planned.get(str(o), int(meta.get("n") or 0)) for o in meta["options_order"]}
+    wanted = {o: n for o, n in wanted.items() if o not in (meta.get("infeasible") or {})}
+    short = [f"{o} {int(finished.get(o, 0))}/{n}" for o, n in wanted.items() if finished.get(o, 0) < n]
+    if short:
+        raise PeftdsError(
+            f"{stage_dir} is not finished ({', '.join(short)} designs done); replay needs every option's designs "
+            "trained: finish the stage first"
+        )
+
+
 def load_stage(stage_dir: str | Path) -> StageScores:
     """Read a stage dir's trials.csv and stage.json into per-fidelity design scores."""
     stage_dir = Path(stage_dir)
@@ -137,6 +159,7 @@ def load_stage(stage_dir: str | Path) -> StageScores:
         ]
         per_epoch[k] = dk
     per_epoch[epochs] = df
+    check_complete(stage_dir, meta, df, tasks)
     options = [str(o) for o in meta["options_order"] if (df["option"] == str(o)).any()]
     if len(options) < 2:
         raise PeftdsError(f"{stage_dir} has trials of {len(options)} option(s); a replay needs at least two")

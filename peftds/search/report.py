@@ -31,6 +31,13 @@ def _fmt(x: Any, nd: int = 2) -> str:
     return f"{x:.{nd}f}" if finite(x) else "–"
 
 
+def ci_text(s: Mapping[str, Any]) -> str:
+    """An option's 95% interval, or n/a (too few designs, or no spread: peftds.search.stats.bootstrap_ci)."""
+    if not (finite(s["ci_low"]) and finite(s["ci_high"])):
+        return "n/a"
+    return f"[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]"
+
+
 def markdown_table(summary: Mapping[str, Any], values: Mapping[str, Any] | None = None) -> str:
     """The stage table: option x task scores, mean, 95% interval, designs/trials, compute, winner."""
     tasks = list(summary.get("tasks") or [])
@@ -47,6 +54,8 @@ def markdown_table(summary: Mapping[str, Any], values: Mapping[str, Any] | None 
     for opt in summary["order"]:
         s = summary["options"][opt]
         name = f"**{opt}** ★" if opt == summary.get("winner") else opt
+        if opt in (summary.get("tie") or []):
+            name += " (tie)"
         if opt in out:
             name += f" (out, round {out[opt]['round']})"
         cells = [name]
@@ -59,7 +68,7 @@ def markdown_table(summary: Mapping[str, Any], values: Mapping[str, Any] | None 
         cells += [_fmt(s["per_task"].get(t)) for t in tasks]
         cells += [
             _fmt(s["mean"]),
-            f"[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]",
+            ci_text(s),
             f"{s['designs_ok']}" + (f"/{s['designs_planned']}" if s.get("designs_planned") is not None else ""),
             f"{s['trials_ok']}/{s['trials_failed']}",
             f"{s['gpu_hours']:.3g}",
@@ -83,15 +92,18 @@ def verdict(summary: Mapping[str, Any]) -> str:
     if st == "ok" and summary.get("winner"):
         w = summary["winner"]
         s = summary["options"][w]
-        ci = f"[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]"
-        line = f"winner: {w} (mean {_fmt(s['mean'])}, 95% CI {ci}, {s['designs_ok']} designs)"
+        line = f"winner: {w} (mean {_fmt(s['mean'])}, 95% CI {ci_text(s)}, {s['designs_ok']} designs)"
+        if summary.get("tie"):
+            others = [o for o in summary["tie"] if o != w]
+            return line + f"; a tie with {', '.join(others)} (same mean), broken by the order of the stage's options"
         if summary.get("runner_up"):
             r = summary["runner_up"]
             rs = summary["options"][r]
-            line += (
-                f"; runner-up: {r} (mean {_fmt(rs['mean'])}); intervals "
-                f"{'overlap' if summary['overlap'] else 'do not overlap'}"
-            )
+            overlap = summary["overlap"]
+            said = "overlap" if overlap else "do not overlap"
+            if overlap is None:
+                said = "n/a (too few designs or no spread)"
+            line += f"; runner-up: {r} (mean {_fmt(rs['mean'])}); intervals {said}"
         return line
     return f"no winner ({st}): {summary.get('message')}"
 
@@ -162,7 +174,8 @@ def plot_stage(summary: Mapping[str, Any], out_dir: Path, title: str) -> list[Pa
             continue
         xs = [i + jitter.uniform(-0.15, 0.15) for _ in s["scores"]]
         ax.scatter(xs, s["scores"], s=12, alpha=0.5, color="tab:blue")
-        err = [[s["mean"] - s["ci_low"]], [s["ci_high"] - s["mean"]]]
+        has_ci = finite(s["ci_low"]) and finite(s["ci_high"])  # n/a: the mean alone
+        err = [[s["mean"] - s["ci_low"]], [s["ci_high"] - s["mean"]]] if has_ci else None
         color = "tab:red" if o == summary.get("winner") else "black"
         ax.errorbar([i], [s["mean"]], yerr=err, fmt="D", color=color, capsize=4, ms=6)
     ax.set_xticks(range(len(summary["order"])))

@@ -49,8 +49,8 @@ from peftds.data.loading import choose_source, data_config
 from peftds.data.tasks import load_task
 from peftds.design.space import Space
 from peftds.errors import PeftdsError
-from peftds.files import BEST_DESIGN, SPACE_FINAL, TRIALS_DIR, write_text_atomic
-from peftds.search.designs import ModelContext, StageDesigns
+from peftds.files import BEST_DESIGN, SPACE_FINAL, STAGE_FILE, TRIALS_DIR, read_json, write_text_atomic
+from peftds.search.designs import ModelContext, StageDesigns, changed_settings
 from peftds.search.settings import SearchSetup
 from peftds.search.stage_run import StageResult, StageRun
 from peftds.search.stages import StageSpec, stage_chain
@@ -137,8 +137,21 @@ class Search:
                     f"stage '{spec.name}': the space already constrains {spec.dimension} "
                     f"({getattr(space, spec.dimension)}); start from a space without it"
                 )
+        self.check_resumable()
         self.check_data()  # after the config checks: a bad option is named even where data is missing
         return specs, chain, space
+
+    def check_resumable(self) -> None:
+        """Every stage the search dir already holds was started with this command's seed, task set and
+        regime: a resumed search never trains trials whose rows it cannot record (else one line)."""
+        for meta_path in sorted(self.dir.glob(f"*/{STAGE_FILE}")):
+            meta = read_json(meta_path)
+            changed = changed_settings(meta, self.config, meta_path.parent) if meta else []
+            if changed:
+                raise PeftdsError(
+                    f"{meta_path.parent} was started with different {', '.join(changed)}; resume it with the "
+                    "same settings or use a new search.dir"
+                )
 
     def check_strategy_group(self, spec: StageSpec, space: Space, strict: bool) -> bool:
         """A strategies stage's group can still be decided (raise when strict, else skip with a note)."""
@@ -172,9 +185,10 @@ class Search:
         return True
 
     # ------------------------------------------------------------------ run
-    def run(self) -> int:
-        """Run every stage in order; 0 when done, 1 when a stage ended without a winner."""
-        specs, _, space = self.plan_stages()
+    def run(self, plan: tuple[list[StageSpec], bool, Space] | None = None) -> int:
+        """Run every stage in order (`plan`: plan_stages() when already checked); 0 when done, 1 when a
+        stage ended without a winner."""
+        specs, _, space = plan or self.plan_stages()
         s, m = self.config.settings, self.model
         self.echo(
             f"[search] {self.dir}  model L={m.layers} budget={m.budget:,} params  tasks={self.config.tasks}  "

@@ -77,8 +77,10 @@ def min_ok_count(settings: SearchConfig) -> int:
 
 def search_tasks(settings: SearchConfig) -> list[str]:
     """The tasks every design is trained on: search.tasks, else the task set (conf_dir() honours PEFTDS_CONF)."""
-    if settings.tasks:
+    if settings.tasks is not None:
         tasks = [str(t) for t in settings.tasks]
+        if not tasks:
+            raise PeftdsError("search.tasks is empty (name at least one task, or null for search.task_set)")
         known = known_tasks(conf_dir())
         bad = [t for t in tasks if t not in known]
         if bad:

@@ -339,7 +339,7 @@ class StageRun:
         space, best_file = None, None
         if summary["status"] == "ok" and summary["winner"]:
             space = next_space(self.spec, self.space, summary, self.settings.on_tie)
-            write_space_next(self.dir, self.spec, space, summary["winner"], summary.get("verdict"))
+            write_space_next(self.dir, self.spec, space, summary["winner"], self.search.dir, summary.get("verdict"))
             best_file = self.search.designs.write_best(self.spec, meta, summary, self.dir)
         write_summary(self.dir, summary)
         if self.settings.report:

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from peftds.files import SEARCH_STATE, read_json, write_text_atomic
+
+
+def override_key(arg: str) -> str:
+    """The key of a Hydra override (`+a.b=1` -> `a.b`, `hydra/launcher=joblib` -> `hydra/launcher`)."""
+    m = re.match(r"^[+~]*([^=]+)", arg)
+    return m.group(1) if m else arg
 
 
 def read_state(sdir: Path) -> dict[str, Any]:

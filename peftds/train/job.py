@@ -51,6 +51,12 @@ def check_task_fits_model(run: RunConfig) -> None:
         )
 
 
+def check_design_fits(run: RunConfig) -> None:
+    """The design can be realised on the model (group sizes, budget), checked on the meta device as
+    `peftds inspect` does: an infeasible design is one line before any weights or data load."""
+    build(run.model, run.design_config, run.budget.fraction, num_labels=2, seed=run.seed, device="meta")
+
+
 def train_job(run: RunConfig, run_dir: Path | None = None) -> dict[str, Any]:
     """Train run.design on run.task; returns the result record (also written to result.json)."""
     start = time.time()
@@ -231,6 +237,8 @@ def run_hydra(task_fn: Callable[[Any], Any], argv: list[str], job_name: str) -> 
         hf_config(run.model, allow_fallback=False)  # an unreachable model (e.g. offline) fails here, in one line
     if run.task is not None:
         check_task_fits_model(run)
+    check_design_fits(run)
+    if run.task is not None:
         choose_source(run.task, run.data)  # so do missing data files
     result: dict[str, Any] = {}
 

@@ -69,3 +69,40 @@ def test_one_tiny_real_run(data_dir, tmp_path):
     (row,) = rows(tmp_path / "c" / "runs.csv")
     assert row["status"] == "ok" and float(row["trainable_pct"]) > 0
     assert (tmp_path / "c" / "runs" / row["run_id"] / "predictions.jsonl").is_file()
+
+
+def test_a_refused_compare_writes_nothing(fake_training, cargs, tmp_path):
+    """While another compare holds the dir's lock, a second one stops before writing anything."""
+    from peftds.compare.runner import COMPARE_LOCK
+    from peftds.errors import PeftdsError
+    from peftds.files import file_lock
+
+    assert run_compare(cargs(), echo=quiet) == 0
+    out = tmp_path / "c"
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with file_lock(out / COMPARE_LOCK), pytest.raises(PeftdsError, match="another peftds compare is running"):
+        run_compare(cargs("compare.seeds=[7]", "compare.designs=[lora]"), echo=quiet)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_runs_csv_names_run_dirs_relative_to_the_compare_dir(fake_training, cargs, tmp_path):
+    """The results folder can be moved; rows of older versions (absolute paths) are rewritten."""
+    calls, _ = fake_training
+    assert run_compare(cargs("compare.seeds=[1]"), echo=quiet) == 0
+    first = rows(tmp_path / "c" / "runs.csv")
+    assert {r["run_dir"] for r in first} == {f"runs/{r['run_id']}" for r in first}
+    moved = tmp_path / "moved"
+    (tmp_path / "c").rename(moved)
+    text = (moved / "runs.csv").read_text()
+    (moved / "runs.csv").write_text(text.replace(",runs/", f",{tmp_path / 'c' / 'runs'}/"))  # an older row format
+    calls.clear()
+    assert run_compare([*cargs("compare.seeds=[1]"), f"compare.dir={moved}"], echo=quiet) == 0
+    assert calls == [] and rows(moved / "runs.csv") == first  # nothing retrained; paths relative again
+
+
+def test_a_per_design_setting_for_a_design_left_out_is_ignored(fake_training, cargs):
+    """Narrowing a preset's designs: its compare.lr for a design not in the list is noted, not an error."""
+    lines: list[str] = []
+    argv = ["compare=cpu", *cargs("compare.dry=true", "compare.designs=[mam,lora]")]  # cpu: lr {full: 1e-4}
+    assert run_compare(argv, echo=lambda *a: lines.append(" ".join(map(str, a)))) == 0
+    assert "compare.lr for full ignored: not in compare.designs (mam, lora)" in "\n".join(lines)

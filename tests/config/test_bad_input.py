@@ -142,6 +142,8 @@ CASES = [
     (["compare", "hydra.sweep.dir={tmp}/x"], "compare.dir"),
     (["compare", "compare.seeds=[]"], "compare.seeds"),
     (["report", "{tmp}", "bootstrap=abc"], "bootstrap"),
+    (["search", *SEARCH, "search.tasks=[]"], "search.tasks is empty"),
+    (["train", "model=tiny_bert", "design=spindle_t5base", "task=sst2"], "design 'spindle_t5base'"),
 ]
 
 # Real bad input the code does not (yet) turn into exit 2 + one line before any model loads:

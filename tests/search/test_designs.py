@@ -58,7 +58,7 @@ def test_next_space_adds_the_winner_and_its_history(tmp_path):
     assert space.history[-1] == {"stage": "allocation", "option": "uniform", "value": "uniform", "mean": 71.2346,
                                  "ci": [70.0, 72.5], "designs": 5, "overlap_runner_up": False, "verdict": None,
                                  "within_tolerance": [], "dimension_left_open": False}  # fmt: skip
-    path = write_space_next(tmp_path, ALLOC, space, "uniform")
+    path = write_space_next(tmp_path, ALLOC, space, "uniform", tmp_path)
     assert Space.from_config(yaml.safe_load(path.read_text())) == space
 
 

@@ -3,6 +3,7 @@ decides itself, one-line errors, public Hydra APIs only, and no warnings on a no
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -81,17 +82,44 @@ def test_arguments_merge_and_files_become_group_options(tmp_path):
 
 
 def test_prepare_stores_arguments_for_resume(tmp_path, data_dir):
-    sdir, overrides, forward = prepare(["model=tiny_bert", "search=tiny", f"search.dir={tmp_path / 's'}",
-                                        "hydra/launcher=joblib", f"data.dir={data_dir}"])  # fmt: skip
+    prep = prepare(["model=tiny_bert", "search=tiny", f"search.dir={tmp_path / 's'}",
+                    "hydra/launcher=joblib", f"data.dir={data_dir}"])  # fmt: skip
+    sdir, overrides, forward = prep.dir, prep.overrides, prep.forward
     assert sdir == (tmp_path / "s").resolve()
+    assert not (sdir / "search.json").exists()  # stored only once the config is accepted
+    prep.accept()
     assert f"hydra.sweep.dir={sdir}" in overrides and f"hydra.searchpath=[file://{sdir / 'conf'}]" in overrides
     assert "hydra/launcher=joblib" in overrides and "model=tiny_bert" in forward
     assert not any(a.startswith(("hydra", "+stage", "+space", "search.dir")) for a in forward)
-    again, overrides2, _ = prepare([f"search.dir={sdir}"])  # the stored arguments, without the launcher
-    assert again == sdir and "model=tiny_bert" in overrides2 and "hydra/launcher=joblib" not in overrides2
+    again = prepare([f"search.dir={sdir}"])  # the stored arguments, without the launcher
+    assert again.dir == sdir and "model=tiny_bert" in again.overrides
+    assert "hydra/launcher=joblib" not in again.overrides
 
 
 def test_only_public_hydra_apis():
     for path in SEARCH_SRC.glob("*.py"):
         text = path.read_text()
         assert "hydra._internal" not in text and "._return_value" not in text, path
+
+
+def test_a_refused_command_leaves_the_search_dir_as_it_was(tmp_path, data_dir):
+    """Rejected arguments are never stored: a later resume does not fail on a value of an earlier try,
+    and a new search dir refused before training is not left behind."""
+    from peftds.errors import PeftdsError
+
+    sdir = tmp_path / "s"
+    base = ["model=tiny_bert", "search=tiny", f"search.dir={sdir}", f"data.dir={data_dir}"]
+    with pytest.raises(PeftdsError, match=r"search\.n"):
+        run_search([*base, "search.n=-3"], echo=quiet)
+    assert not sdir.exists()  # nothing written before the config is accepted
+    with pytest.raises(PeftdsError, match=r"search\.racing_method"):
+        run_search([*base, "search.racing_method=foo"], echo=quiet)
+    assert not tmp_path.joinpath("s").exists()
+    sdir.mkdir()
+    # arguments an older version stored although they were refused
+    stored = ["model=tiny_bert", "+search=tiny", f"data.dir={data_dir}", "search.racing_method=foo"]
+    (sdir / "search.json").write_text(json.dumps({"args": stored}))
+    with pytest.raises(PeftdsError, match=r"search.racing_method.*\(a value stored in .*search.json\)"):
+        run_search([f"search.dir={sdir}"], echo=quiet)
+    assert json.loads((sdir / "search.json").read_text())["args"][-1] == "search.racing_method=foo"  # untouched
+    assert {p.name for p in sdir.iterdir()} <= {"search.json", ".search.lock"}

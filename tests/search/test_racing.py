@@ -144,3 +144,13 @@ def test_race_record_and_markdown():
     assert rec["full_trial_epochs"] == 3 * 20 * 2 * 3 and rec["trial_epochs"] < rec["full_trial_epochs"]
     md = race_markdown(rec)
     assert "| 1 | 3 | good | good, close | bad: upper bound" in md and "| 2 | 5 | good | good, close | – |" in md
+
+
+def test_equal_scores_give_no_zero_width_interval_and_eliminate_nothing():
+    """An option whose designs all score the same gets an n/a (infinite) t bound: after the first round
+    (3 designs) it can neither eliminate a rival nor be eliminated on it."""
+    from peftds.search.racing import RaceSettings, race_step
+
+    dec = race_step({"a": [68.75] * 3, "b": [68.0, 68.5, 68.6]}, 10, RaceSettings(), 0)
+    assert dec.eliminated == [] and dec.survivors == ["a", "b"]
+    assert dec.bounds["a"].lower == 0.0 and dec.bounds["a"].upper == 100.0

@@ -147,3 +147,20 @@ def test_stage_without_epoch_scores_or_stage_file(tmp_path):
     (d / "trials.csv").write_text(text)
     with pytest.raises(PeftdsError, match="not a JSON list"):
         cmd_replay([str(d)])
+
+
+def test_a_raced_or_unfinished_stage_is_refused(tmp_path):
+    """A replay needs every option's N designs: it refuses a raced stage and an unfinished one in one
+    line instead of silently replaying a smaller n."""
+    import json
+
+    d = write_stage(tmp_path / "raced", GAPS, n=4)
+    (d / "race.json").write_text("{}")
+    with pytest.raises(PeftdsError, match=r"was raced \(race.json\)") as e:
+        cmd_replay([str(d)])
+    assert "\n" not in str(e.value)
+    d = write_stage(tmp_path / "short", GAPS, n=4)
+    meta = json.loads((d / "stage.json").read_text())
+    (d / "stage.json").write_text(json.dumps({**meta, "n": 6}))  # 2 designs per option still to train
+    with pytest.raises(PeftdsError, match=r"is not finished \(a 4/6, b 4/6, c 4/6 designs done\)"):
+        cmd_replay([str(d)])

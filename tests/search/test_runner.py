@@ -128,3 +128,21 @@ def test_bad_input_fails_before_any_training(tmp_path, fake_training, extra, spa
     with pytest.raises(PeftdsError, match=match):
         run_search(a, echo=quiet)
     assert calls == []
+
+
+def test_what_a_search_writes_carries_its_model_and_settings(tmp_path, fake_training, args):
+    """best_design.yaml names the model it was made for (train selects it), and space_next.yaml prints a
+    next-stage command that continues the same search (its dir keeps model, tasks, N, ...)."""
+
+    from peftds.config.compose import with_design_model
+
+    a = args(tmp_path, "stage=allocation", "search.n=2")
+    assert run_search(a, echo=quiet) == 0
+    sdir = (tmp_path / "s").resolve()
+    best = sdir / "allocation" / "best_design.yaml"
+    assert yaml.safe_load(best.read_text())["model"] == "tiny_roberta"
+    assert with_design_model([f"design={best}", "task=sst2"])[0] == "model=tiny_roberta"
+    space_next = sdir / "allocation" / "space_next.yaml"
+    text = space_next.read_text()
+    assert f"# next: peftds search search.dir={sdir} stage=<next stage> space={space_next}" in text
+    assert "model=tiny_roberta" in text and "search.tasks=[sst2]" in text and "search.n=2" in text

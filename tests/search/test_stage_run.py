@@ -86,3 +86,22 @@ def test_failed_and_nan_trials_are_recorded_and_left_out(tmp_path, fake_training
     assert len(calls) == n + 6
     s = json.loads((sdir / "summary.json").read_text())
     assert s["status"] == "ok" and s["winner"] == "AL" and len(rows(sdir / "trials.csv")) == 10
+
+
+def test_resuming_with_another_seed_is_refused_before_anything_trains(tmp_path, fake_training, args):
+    """The global seed decides what a trial computes: a search dir resumed with another one refuses in one
+    line (before, the trials trained again and their rows were dropped as duplicates)."""
+    import pytest
+
+    from peftds.errors import PeftdsError
+
+    calls, _ = fake_training
+    a = args(tmp_path, "stage=allocation", "search.n=2")
+    assert run_search(a, echo=quiet) == 0
+    state = (tmp_path / "s" / "search.json").read_text()
+    table = rows(tmp_path / "s" / "allocation" / "trials.csv")
+    n = len(calls)
+    with pytest.raises(PeftdsError, match=r"allocation was started with different seed \(42, now 2\)"):
+        run_search([*a, "seed=2"], echo=quiet)
+    assert len(calls) == n and (tmp_path / "s" / "search.json").read_text() == state
+    assert rows(tmp_path / "s" / "allocation" / "trials.csv") == table
