@@ -33,8 +33,9 @@ PAPER_ARGS ?=
 # (torch's 2 threads stall when a core is taken: on a busy machine add SEARCH_ARGS=search.trial_threads=1).
 # Result (reproducible): spindle 78.8 [77.8, 79.6] > bottleneck 78.2 > decreasing 77.7 > uniform 77.0 >
 # increasing 76.3 (intervals overlap). The report lands in $(SEARCH_OUT)/demo/report.md.
+# (measured with the unpaired sampler and every design trained: search.paired=false search.sequential=false)
 search-demo: install ## one search stage end to end on CPU (MiniLM-L6, local SST-2), offline
-	$(BIN)/peftds search search=demo stage=grouping search.dir=$(SEARCH_OUT)/demo $(SEARCH_LAUNCHER) $(SEARCH_ARGS)
+	$(BIN)/peftds search search=demo stage=grouping search.paired=false search.sequential=false search.dir=$(SEARCH_OUT)/demo $(SEARCH_LAUNCHER) $(SEARCH_ARGS)
 	$(BIN)/peftds report $(SEARCH_OUT)/demo
 
 search-demo-clean:
@@ -44,7 +45,7 @@ search-demo-clean:
 # interval falls below the leader's stops getting designs (at N=5, with options a few points apart, rarely
 # one: it shows the machinery at the cost of search-demo). Its own dir; race.json + the report's race section.
 search-racing-demo: install
-	$(BIN)/peftds search search=demo search.racing=true stage=grouping search.dir=$(SEARCH_OUT)/demo_racing $(SEARCH_LAUNCHER) $(SEARCH_ARGS)
+	$(BIN)/peftds search search=demo search.racing=true search.paired=false stage=grouping search.dir=$(SEARCH_OUT)/demo_racing $(SEARCH_LAUNCHER) $(SEARCH_ARGS)
 	$(BIN)/peftds report $(SEARCH_OUT)/demo_racing
 
 # Ground truth for cheap stage decisions: the grouping stage at full fidelity (conf/search/truth.yaml:
