@@ -455,6 +455,8 @@ def synthetic(
     diagonal): good selection against the fitted means, same winner, compute; and the one-look protocol
     at N=`n` as the baseline."""
     x = complete_pairs(stage)
+    if x.shape[1] < 3:
+        return {"n": n, "stages": stages, "skipped": f"{x.shape[1]} complete design(s): too few to fit"}
     mu = x.mean(1)
     cov = np.cov(x) if stage.paired else np.diag(x.var(1, ddof=1))
     rng = np.random.default_rng(seed)
@@ -543,6 +545,8 @@ def pairing_line(result: Mapping[str, Any]) -> str:
 
 def synthetic_line(result: Mapping[str, Any]) -> str:
     s = result["synthetic"]
+    if "skipped" in s:
+        return f"N={s['n']} synthetic: skipped ({s['skipped']})"
     d, base = s["default"], s["one look at N"]
     return (
         f"N={s['n']} synthetic ({s['stages']} stages from the fitted means and covariance): default decision good "

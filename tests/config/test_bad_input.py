@@ -144,6 +144,10 @@ CASES = [
     (["report", "{tmp}", "bootstrap=abc"], "bootstrap"),
     (["search", *SEARCH, "search.tasks=[]"], "search.tasks is empty"),
     (["train", "model=tiny_bert", "design=spindle_t5base", "task=sst2"], "design 'spindle_t5base'"),
+    (["search", *SEARCH, "search.tolerance=-1"], "search.tolerance"),
+    (["search", *SEARCH, "search.on_tie=all"], "search.on_tie"),
+    (["search", *SEARCH, "search.round_growth=1"], "search.round_growth"),
+    (["replay", "{tmp}", "tolerance=-0.5"], "tolerance"),
 ]
 
 # Real bad input the code does not (yet) turn into exit 2 + one line before any model loads:
