@@ -175,7 +175,7 @@ def decide_batch(
         if n > n_all:
             break  # the designs of this look are not there yet: undecided so far
         going = ~done
-        m = n if cheap is None else max(3, min(n, math.ceil(share * n)))
+        m = n if cheap is None else min(n, max(4, math.ceil(share * n)))  # >= 4: two degrees of freedom
         designs = np.where(active & going[:, None], n, designs)
         full_designs = np.where(active & going[:, None], m, full_designs)
         x = scores[..., :m]
@@ -188,7 +188,9 @@ def decide_batch(
         dm, var, df = estimate(d, dl)
         with np.errstate(invalid="ignore"):
             w = t_quantiles(df, level) * np.sqrt(var)
-        lower = np.where((df >= 1) & np.isfinite(w), dm - w, -np.inf)
+        # a bound needs two degrees of freedom (three designs): with fewer, a bootstrap redraw of one pair
+        # twice would give a zero-width interval
+        lower = np.where((df >= 2) & np.isfinite(w), dm - w, -np.inf)
         is_leader = np.arange(k)[None, :] == leader[:, None]
         others = active & ~is_leader
         out = going[:, None] & others & (lower > 0)
