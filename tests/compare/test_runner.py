@@ -77,7 +77,7 @@ def test_a_refused_compare_writes_nothing(fake_training, cargs, tmp_path):
     from peftds.errors import PeftdsError
     from peftds.files import file_lock
 
-    assert run_compare(cargs(), echo=quiet) == 0
+    assert run_compare(cargs("compare.seeds=[1]"), echo=quiet) == 0
     out = tmp_path / "c"
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     with file_lock(out / COMPARE_LOCK), pytest.raises(PeftdsError, match="another peftds compare is running"):
