@@ -113,7 +113,9 @@ def test_killed_race_resumes_to_the_same_decisions(tmp_path, fake_training, args
 def test_replay_of_a_full_fake_stage(tmp_path, fake_training, args, capsys):
     _, rules = fake_training
     rules["score"] = option_score
-    a = args(tmp_path, "stage=grouping", "search.n=6", "search.epochs=2", "search.report=false", "search.sequential=false")
+    a = args(
+        tmp_path, "stage=grouping", "search.n=6", "search.epochs=2", "search.report=false", "search.sequential=false"
+    )
     assert run_search(a, echo=quiet) == 0
     sdir = tmp_path / "s" / "grouping"
     table = rows(sdir / "trials.csv")
