@@ -4,6 +4,8 @@
 #   make search-demo            one stage (grouping) on the real MiniLM-L6 + local SST-2, CPU, offline
 #   make search-racing-demo     the same stage as a race (search.racing=true): options clearly behind stop early
 #   make stage-truth-cpu        the grouping stage at full fidelity (search=truth), its report and `peftds replay`
+#   make stage-truth-paired-cpu the same stage with paired designs (search.paired, the default)
+#   make stage-truth-tunable-cpu a stage whose options differ (stage=tunable5), paired, same size
 #   make search-tiny            stage=all on a tiny random T5 with tiny data (smoke test of the machinery)
 #   make paper-search-t5base    the paper's search on T5-base (GPU + hub access), see the cost notes
 #   make paper-train-s4-t5base  the S4 design (spindle_t5base) on the 8 GLUE tasks, final regime
@@ -23,7 +25,7 @@ PAPER_TASKS ?= cola sst2 mrpc qqp stsb mnli qnli rte
 PAPER_EPOCHS ?= 10
 PAPER_ARGS ?=
 
-.PHONY: search-demo search-demo-clean search-racing-demo stage-truth-cpu search-tiny paper-search-t5base paper-train-s4-t5base paper-baselines-t5base
+.PHONY: search-demo search-demo-clean search-racing-demo stage-truth-cpu stage-truth-paired-cpu stage-truth-tunable-cpu search-tiny paper-search-t5base paper-train-s4-t5base paper-baselines-t5base
 
 # search=demo: stage=grouping (5 options) x N=5 designs x SST-2, each trained 1 epoch on 2000
 # training sentences and scored on 200 held-out ones: 25 trials. Measured on 2 CPU cores: a trial takes
@@ -31,18 +33,19 @@ PAPER_ARGS ?=
 # (torch's 2 threads stall when a core is taken: on a busy machine add SEARCH_ARGS=search.trial_threads=1).
 # Result (reproducible): spindle 78.8 [77.8, 79.6] > bottleneck 78.2 > decreasing 77.7 > uniform 77.0 >
 # increasing 76.3 (intervals overlap). The report lands in $(SEARCH_OUT)/demo/report.md.
+# (measured with the unpaired sampler and every design trained: search.paired=false search.sequential=false)
 search-demo: install ## one search stage end to end on CPU (MiniLM-L6, local SST-2), offline
-	$(BIN)/peftds search search=demo stage=grouping search.dir=$(SEARCH_OUT)/demo $(SEARCH_LAUNCHER) $(SEARCH_ARGS)
+	$(BIN)/peftds search search=demo stage=grouping search.paired=false search.sequential=false search.dir=$(SEARCH_OUT)/demo $(SEARCH_LAUNCHER) $(SEARCH_ARGS)
 	$(BIN)/peftds report $(SEARCH_OUT)/demo
 
 search-demo-clean:
 	rm -rf $(SEARCH_OUT)/demo
 
-# search-demo as a race (README "Racing"): the same designs and trials (ids), in rounds; an option whose
+# search-demo as a race (README "Stage decisions"): the same designs and trials (ids), in rounds; an option whose
 # interval falls below the leader's stops getting designs (at N=5, with options a few points apart, rarely
 # one: it shows the machinery at the cost of search-demo). Its own dir; race.json + the report's race section.
 search-racing-demo: install
-	$(BIN)/peftds search search=demo search.racing=true stage=grouping search.dir=$(SEARCH_OUT)/demo_racing $(SEARCH_LAUNCHER) $(SEARCH_ARGS)
+	$(BIN)/peftds search search=demo search.racing=true search.paired=false stage=grouping search.dir=$(SEARCH_OUT)/demo_racing $(SEARCH_LAUNCHER) $(SEARCH_ARGS)
 	$(BIN)/peftds report $(SEARCH_OUT)/demo_racing
 
 # Ground truth for cheap stage decisions: the grouping stage at full fidelity (conf/search/truth.yaml:
@@ -50,9 +53,22 @@ search-racing-demo: install
 # time on CPU, then `peftds replay`: how often racing, a smaller N or fewer epochs pick the same winner,
 # at what share of the trial-epochs (replay.md / replay.json / replay.png in the stage dir).
 stage-truth-cpu: install
-	$(BIN)/peftds search search=truth stage=grouping search.dir=$(SEARCH_OUT)/truth hydra/launcher=joblib hydra.launcher.n_jobs=2 search.trial_threads=1 $(SEARCH_ARGS)
+	$(BIN)/peftds search search=truth stage=grouping search.paired=false search.dir=$(SEARCH_OUT)/truth hydra/launcher=joblib hydra.launcher.n_jobs=2 search.trial_threads=1 $(SEARCH_ARGS)
 	$(BIN)/peftds report $(SEARCH_OUT)/truth
 	$(BIN)/peftds replay $(SEARCH_OUT)/truth/grouping
+
+# The two paired ground truths (README "Stage decisions"): the grouping stage again, and tunable5 (one group,
+# two groups or all four tuned: options that should differ), each 5 options x 12 paired designs x 3 epochs.
+TRUTH_CPU = search=truth hydra/launcher=joblib hydra.launcher.n_jobs=2 search.trial_threads=1
+stage-truth-paired-cpu: install
+	$(BIN)/peftds search $(TRUTH_CPU) stage=grouping search.paired=true search.dir=$(SEARCH_OUT)/truth_paired $(SEARCH_ARGS)
+	$(BIN)/peftds report $(SEARCH_OUT)/truth_paired
+	$(BIN)/peftds replay $(SEARCH_OUT)/truth_paired/grouping
+
+stage-truth-tunable-cpu: install
+	$(BIN)/peftds search $(TRUTH_CPU) stage=tunable5 search.paired=true search.dir=$(SEARCH_OUT)/truth_tunable $(SEARCH_ARGS)
+	$(BIN)/peftds report $(SEARCH_OUT)/truth_tunable
+	$(BIN)/peftds replay $(SEARCH_OUT)/truth_tunable/tunable5
 
 # Every stage chained on the 24-layer tiny T5 (83 trials of a few seconds each on CPU).
 search-tiny: install

@@ -35,6 +35,7 @@ CONF_SUBDIR = "conf"  # config groups the search writes (sampled designs, copied
 DESIGN_CONF_DIR = "conf/design"
 GPU_SLOT_LOCK = ".gpu_slot{}.lock"
 RACE_FILE = "race.json"  # a racing stage's rounds: survivors, eliminations and their bounds
+DECISION_FILE = "decision.json"  # a stage's decision settings and verdict (peftds.search.decision)
 REPLAY_JSON = "replay.json"
 REPLAY_MD = "replay.md"
 REPLAY_PLOT = "replay.png"

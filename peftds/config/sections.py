@@ -154,6 +154,7 @@ class SearchConfig(Section):
     task_set: str = setting("glue", "conf/task_set/<name>.yaml: the tasks a design is scored on")
     tasks: list[str] | None = setting(None, "explicit task list (overrides task_set)")
     seed: int = setting(0, "sampling seed: every draw is reproducible from (seed, stage, option, index)")
+    paired: bool = setting(True, "design i of every option shares every draw the option does not fix")
     min_ok: float = setting(0.5, "designs with every task ok an option needs: a count, or a share of n if < 1", gt=0)
     bootstrap: int = setting(2000, "bootstrap resamples for an option's 95% interval", ge=1)
     max_draws: int = setting(200, "redraws per sample index before an option counts as exhausted", ge=1)
@@ -168,6 +169,17 @@ class SearchConfig(Section):
     save_params: bool = setting(False, "keep each trial's trained parameters")
     report: bool = setting(True, "write report.md + plots into every stage dir when it ends")
     dir: str | None = setting(None, "search dir (null: outputs/search/<stage>/run-<hash>); an existing one resumes")
+    # the stage decision (peftds.search.decision): search keys only, so trial ids stay those of a full stage
+    tolerance: float = setting(0.5, "δ*: a difference of option means (score points) too small to matter", ge=0.0)
+    alpha: float = setting(0.05, "error rate of a stage's verdict (over all option pairs and looks)", gt=0.0, lt=1.0)
+    sequential: bool = setting(True, "decide a stage in looks and stop at a decided/equivalent verdict")
+    first_designs: int = setting(3, "designs per option at a stage's first look", ge=2)
+    round_growth: float = setting(1.5, "designs per option grow by this factor from one look to the next", gt=1.0)
+    on_tie: str = setting(
+        "leader",
+        "an equivalent/unresolved stage: the next space keeps the leader, or leaves the dimension open",
+        choices=("leader", "open"),
+    )
     # racing (peftds.search.racing): search keys only, so trial ids stay those of a full-fidelity stage
     racing: bool = setting(False, "race a stage's options: stop sampling options clearly behind the leader")
     racing_delta: float = setting(0.05, "error rate of a whole race (split over options and rounds)", gt=0.0, lt=1.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -17,6 +17,21 @@ from peftds.model.strategies import NAMES, strategy_label
 
 DIMENSIONS = ("grouping", "allocation", "tuned", "strategies")
 SPACE_KEYS = {"name", "groups", "grouping", "allocation", "tuned", "strategies", "pool", "history", "note"}
+
+
+class DrawStreams:
+    """One random generator per named stream (a dimension, or `strategies/<group>`), seeded by
+    `seed_of(name)` on first use: the paired sampler's draws, where a stream's values do not depend
+    on which other streams a space uses."""
+
+    def __init__(self, seed_of: Callable[[str], int]):
+        self.seed_of = seed_of
+        self.generators: dict[str, random.Random] = {}
+
+    def stream(self, name: str) -> random.Random:
+        if name not in self.generators:
+            self.generators[name] = random.Random(self.seed_of(name))
+        return self.generators[name]
 
 
 @dataclass(frozen=True)
@@ -207,28 +222,46 @@ class Space:
             opts = [t for t in opts if len(t) >= 2]
         return opts
 
-    def sample(self, num_layers: int, rng: random.Random) -> dict[str, Any]:
+    def sample(self, num_layers: int, rng: random.Random | DrawStreams) -> dict[str, Any]:
         """One design (conf/design schema, explicit group sizes) drawn from this space.
 
         Unconstrained dimensions are drawn uniformly: grouping among all splits satisfying the
         pattern (or all splits), tuned among the allowed non-empty subsets, allocation among the
         rules, each tuned group's strategies among the non-empty subsets of the pool. Untuned groups
         get no strategy. Budget feasibility is the caller's (redraw on InfeasibleDesign).
+
+        `rng` is one generator for every draw (the unpaired sampler), or DrawStreams: one generator
+        per dimension (per group for strategies), so that fixing one dimension never shifts another
+        dimension's draws. With streams, `tuned` is drawn among all non-empty subsets and redrawn
+        from its own stream until allowed (uniform over the allowed subsets, as with one generator,
+        and the same subset for every space that allows the first draw).
         """
         k = self.groups
+        streams = rng if isinstance(rng, DrawStreams) else None
+
+        def stream(name: str) -> random.Random:
+            return streams.stream(name) if streams is not None else rng
+
         if isinstance(self.grouping, tuple):
             sizes = self.grouping
         else:
             options = all_groupings(num_layers, k, self.grouping)
             if not options:
                 raise InfeasibleDesign(f"grouping {self.grouping or 'any'} is infeasible for L={num_layers}, K={k}")
-            sizes = options[rng.randrange(len(options))]
+            sizes = options[stream("grouping").randrange(len(options))]
         tuned_opts = self.tuned_options()
         if not tuned_opts:
             raise InfeasibleDesign(f"space '{self.name}': no tuned-group subset satisfies the constraints")
-        tuned = tuned_opts[rng.randrange(len(tuned_opts))]
+        if streams is None or self.tuned is not None:
+            tuned = tuned_opts[stream("tuned").randrange(len(tuned_opts))]
+        else:
+            allowed = set(tuned_opts)
+            every = nonempty_subsets(range(1, k + 1))
+            tuned = every[stream("tuned").randrange(len(every))]
+            while tuned not in allowed:
+                tuned = every[stream("tuned").randrange(len(every))]
         allocs = ALLOCATIONS
-        allocation = self.allocation or allocs[rng.randrange(len(allocs))]
+        allocation = self.allocation or allocs[stream("allocation").randrange(len(allocs))]
         subsets = nonempty_subsets(self.pool)
         strategies: list[list[str]] = []
         for g in range(1, k + 1):
@@ -238,7 +271,7 @@ class Space:
             elif fixed is not None:
                 strategies.append(list(fixed))
             else:
-                strategies.append(list(subsets[rng.randrange(len(subsets))]))
+                strategies.append(list(subsets[stream(f"strategies/{g}").randrange(len(subsets))]))
         grouping: dict[str, Any] = {"groups": k, "sizes": list(sizes)}
         if isinstance(self.grouping, str):
             grouping["pattern"] = self.grouping

@@ -44,6 +44,7 @@ class Sample:
     sizes: str
     trainable_params: int
     budget_params: int
+    attempt: int = 0  # the sampler's attempt that gave this design (paired: same attempt = exact pair)
 
 
 @dataclass
@@ -110,6 +111,17 @@ def option_spaces(spec: StageSpec, space: Space, layers: int) -> tuple[dict[str,
     return spaces, infeasible
 
 
+def pair_record(samples: Mapping[str, list[Mapping[str, Any]]]) -> dict[str, Any]:
+    """Which sample indices form exact pairs: every option that has design i kept the same attempt, so
+    the designs share every draw their options do not fix (an infeasible or repeated draw moved one on)."""
+    attempts: dict[int, set[int]] = {}
+    for rows in samples.values():
+        for r in rows:
+            attempts.setdefault(int(r["index"]), set()).add(int(r["attempt"]))
+    exact = sorted(i for i, a in attempts.items() if len(a) == 1)
+    return {"exact": exact, "inexact": sorted(set(attempts) - set(exact))}
+
+
 def changed_settings(meta: Mapping[str, Any], config: SearchSetup, stage_dir: Path) -> list[str]:
     """The settings that decide what a stage's trials compute and differ from those it was started with
     (stage.json): the global seed, search.seed, the task set and the training regime."""
@@ -159,6 +171,8 @@ class StageDesigns:
                 f"now: {space.describe()}. Use a new search.dir"
             )
         changed = changed_settings(meta, self.config, stage_dir)
+        if bool(meta.get("paired", False)) != self.settings.paired:
+            changed.append("search.paired")
         if meta.get("options") != spec.options:
             changed.append("the stage's options")
         if changed:
@@ -184,6 +198,7 @@ class StageDesigns:
                 stage=spec.name,
                 option=opt,
                 max_draws=s.max_draws,
+                paired=s.paired,
             )
             if not stats.draws:
                 infeasible[opt] = f"no feasible design in {s.max_draws} draws ({stats.last_error})"
@@ -210,6 +225,8 @@ class StageDesigns:
             "tasks": self.config.tasks,
             "n": s.n,
             "sample_seed": s.seed,
+            "paired": s.paired,
+            "pairs": pair_record(samples) if s.paired else None,
             "trial_seed": self.config.seed,  # the global seed every trial trains with (part of its id)
             "min_ok": min_ok_count(s),
             "bootstrap": s.bootstrap,
@@ -244,6 +261,7 @@ class StageDesigns:
         return {
             "option": opt,
             "index": draw.index,
+            "attempt": draw.attempt,
             "design_file": str(path.relative_to(self.dir)),
             "design_ref": f"{safe_name(spec.name)}/{stem}",
             "digest": plan.digest(),

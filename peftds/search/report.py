@@ -115,6 +115,27 @@ def verdict(summary: Mapping[str, Any]) -> str:
     return f"no winner ({st}): {summary.get('message')}"
 
 
+def decision_markdown(decision: Mapping[str, Any]) -> str:
+    """The decision's bounds: per option the lower bound on μ_pick − μ_option at the last look."""
+    s = decision["settings"]
+    how = (
+        f"looks at {', '.join(map(str, decision['schedule']))} designs per option"
+        if s["sequential"]
+        else f"one look at {decision['schedule'][-1]} designs per option"
+    )
+    lines = [
+        f"Stage decision (paired differences vs the pick, t bounds at α'={decision['test_alpha']:.2g} = "
+        f'α/(pairs·looks), δ*={s["tolerance"]:g}; {how}; README "Stage decisions"):',
+        "",
+        "| option | lower bound of pick − option | found worse (look) | within δ* |",
+        "|---|---|---|---|",
+    ]
+    for o, low in decision["lower"].items():
+        out = decision["out"].get(o)
+        lines.append(f"| {o} | {_fmt(low)} | {out if out else '–'} | {'yes' if o in decision['within'] else 'no'} |")
+    return "\n".join(lines)
+
+
 def plot_stage(summary: Mapping[str, Any], out_dir: Path, title: str) -> list[Path]:
     """edf.png (EDF per option) and scores.png (design scores by option with mean and 95% CI). Each
     option keeps one colour and line style in both plots; the winner is drawn last (on top), thicker."""
@@ -207,6 +228,10 @@ def stage_markdown(stage_dir: Path, summary: Mapping[str, Any]) -> str:
     ]
     lines += [markdown_table(summary, summary.get("values")), ""]
     lines += [f"**{verdict(summary)}**", ""]
+    if summary.get("decision"):
+        d = summary["decision"]
+        lines += [f"**{d['line']}**", ""]
+        lines += [decision_markdown(d), ""]
     race = read_json(stage_dir / RACE_FILE) if (stage_dir / RACE_FILE).exists() else None
     if race:
         lines += [race_markdown(race), ""]

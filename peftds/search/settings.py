@@ -19,6 +19,7 @@ from peftds.config.sections import COSMETIC_DATA_KEYS, COSMETIC_MODEL_KEYS, COSM
 from peftds.data.tasks import known_tasks, task_set
 from peftds.errors import PeftdsError
 from peftds.run_config import RunConfig
+from peftds.search.decision import DecisionSettings
 from peftds.search.racing import RaceSettings
 
 REGIME_SECTIONS = ("model", "budget", "data", "train")
@@ -28,7 +29,20 @@ def search_settings(raw: Mapping[str, Any] | None) -> SearchConfig:
     """The `search` section, checked (known keys, types, ranges: see peftds.config.sections.SearchConfig)."""
     settings = convert(SearchConfig, raw)
     race_settings(settings)  # the race's own checks, before anything is sampled
+    decision_settings(settings)
     return settings
+
+
+def decision_settings(settings: SearchConfig) -> DecisionSettings:
+    """How a stage is decided (search.tolerance, alpha, sequential, first_designs, round_growth); a racing
+    stage is decided by its race, so its verdict takes one look at the designs the race ran."""
+    return DecisionSettings(
+        tolerance=settings.tolerance,
+        alpha=settings.alpha,
+        first=settings.first_designs,
+        growth=settings.round_growth,
+        sequential=settings.sequential and not settings.racing,
+    )
 
 
 def race_settings(settings: SearchConfig) -> RaceSettings:

@@ -4,7 +4,9 @@ recorded in trials.csv, then summarised: the winner, the next space and the stag
 A trial is identified by (design digest, task, seed, training regime); finished trials are never re-run,
 and a restarted stage first appends rows for any finished trial whose row is missing, so a kill loses
 nothing and duplicates nothing. With search.racing the trials run in rounds of a race (peftds.search.racing)
-and options clearly behind the leader stop getting designs.
+and options clearly behind the leader stop getting designs. With search.sequential (the default) the
+stage is decided in looks (peftds.search.decision): each look brings the options still in to the designs
+it needs, and the stage stops at the first `decided` or `equivalent` verdict.
 """
 
 from __future__ import annotations
@@ -12,27 +14,51 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from peftds.design.space import Space
-from peftds.files import FAILED_RESULT, RACE_FILE, RESULT_FILE, TRIALS_DIR, TRIALS_FILE, write_json_atomic
-from peftds.search.designs import Sample
+from peftds.files import (
+    DECISION_FILE,
+    FAILED_RESULT,
+    RACE_FILE,
+    RESULT_FILE,
+    TRIALS_DIR,
+    TRIALS_FILE,
+    write_json_atomic,
+)
+from peftds.search.decision import decide
+from peftds.search.designs import Sample, StageDesigns
 from peftds.search.racing import race_record, run_race
 from peftds.search.report import markdown_table, verdict, write_stage_report
 from peftds.search.selection import next_space, write_space_next, write_summary
-from peftds.search.settings import race_settings
+from peftds.search.settings import SearchSetup, decision_settings, race_settings
 from peftds.search.stages import StageSpec, safe_name
-from peftds.search.stats import current_leader, design_scores, read_table, stage_summary
+from peftds.search.stats import current_leader, index_scores, read_table, stage_summary
 from peftds.search.store import TrialTable, trial_row
 from peftds.search.trial import Trial, effective_status, finished_result, job_error, launcher_error, trial_id
 from peftds.train.launched import lost_run_line, wait_until_stopped
 from peftds.train.record import RunRecord
 
-if TYPE_CHECKING:
-    from peftds.search.runner import Search
+
+class StageHost(Protocol):
+    """What a stage needs of the search that runs it (peftds.search.runner.Search is one)."""
+
+    config: SearchSetup
+    dir: Path
+    forward: list[str]
+    launcher: Any
+    echo: Callable[..., Any]
+    job_idx: int
+
+    @property
+    def designs(self) -> StageDesigns: ...
+
+    def trial_dir(self, trial_id: str) -> Path: ...
+
+    def batch_size(self, pending: int) -> int: ...
 
 
 @dataclass
@@ -56,7 +82,7 @@ def duration(s: float) -> str:
 class StageRun:
     """Runs one stage of `search` on `space`."""
 
-    def __init__(self, search: Search, spec: StageSpec, space: Space):
+    def __init__(self, search: StageHost, spec: StageSpec, space: Space):
         self.search = search
         self.config = search.config
         self.settings = search.config.settings
@@ -90,12 +116,23 @@ class StageRun:
                 "that an earlier stage trained"
             )
         keys = self.keys()
-        pending = [t for t in self.trials.values() if self.finished(t) is None]
+        order = {o: i for i, o in enumerate(meta["options_order"])}
+        # design by design (index 0 of every option, then index 1, ...): a stage stopped part-way leaves
+        # complete pairs, the first n designs of every option
+        pending = sorted(
+            (t for t in self.trials.values() if self.finished(t) is None),
+            key=lambda t: min((k[2], order[k[1]]) for k in t.keys),
+        )
         done_rows = len(self.table.keys() & keys)
         self.echo(
             f"[search] {spec.name}: {len(meta['planned'])} feasible option(s), {len(keys)} trials "
             f"({len(self.trials)} distinct), {done_rows} done, {len(pending)} to run"
             + (" at most (a race runs the rounds it needs)" if self.settings.racing else "")
+            + (
+                " at most (the decision takes the looks it needs)"
+                if decision_settings(self.settings).sequential
+                else ""
+            )
         )
         if self.settings.racing:
             self.race(meta)
@@ -103,6 +140,11 @@ class StageRun:
         if (self.dir / RACE_FILE).exists():  # an earlier race of this stage, now extended to every design
             (self.dir / RACE_FILE).unlink()
             self.echo(f"[search] {spec.name}: racing is off: every option gets all its designs ({RACE_FILE} removed)")
+        settings = decision_settings(self.settings)
+        if settings.sequential:
+            self.decide_in_looks(meta)
+            return self.finish(meta)
+        write_json_atomic(self.dir / DECISION_FILE, {"settings": asdict(settings)})  # one look at all N
         t0 = time.time()
         ran = 0
         bs = self.search.batch_size(len(pending))
@@ -116,24 +158,45 @@ class StageRun:
 
     # ------------------------------------------------------------------ racing
     def race_scores(self, meta: Mapping[str, Any]) -> dict[str, list[float]]:
-        """Each raced option's design scores in sample order, as far as every task of a design has a row
-        (NaN: a design with a task that did not end ok): the prefix of finished designs, which is all a
-        race decides on."""
+        """Each sampled option's design scores in sample order, as far as its designs are finished."""
         df = read_table(self.dir / TRIALS_FILE)
-        done = {(r.option, int(r.index)): r for r in design_scores(df, self.config.tasks).itertuples()}
-        n_tasks = len(self.config.tasks)
-        out: dict[str, list[float]] = {}
-        for opt in meta["options_order"]:
-            if opt not in meta["samples"]:
-                continue  # infeasible: not in the race
-            xs = []
-            for s in meta["samples"][opt]:
-                r = done.get((opt, int(s["index"])))
-                if r is None or r.tasks_ok + r.tasks_failed < n_tasks:
-                    break  # not finished: the prefix ends here
-                xs.append(float(r.score) if r.complete else math.nan)
-            out[opt] = xs
-        return out
+        return index_scores(df, meta["samples"], meta["options_order"], len(self.config.tasks))
+
+    def decide_in_looks(self, meta: Mapping[str, Any]) -> None:
+        """Decide the stage in looks (peftds.search.decision): each look brings every option still in to
+        the designs it needs (one launcher batch when the launcher takes it); the decision is recomputed
+        from the stored rows after each, so a killed stage resumes in the look it was in."""
+        settings = decision_settings(self.settings)
+        n_max = max(int(n) for n in meta["planned"].values())
+        position = {(o, int(s["index"])): i for o, lst in meta["samples"].items() for i, s in enumerate(lst)}
+        name, launched, ran, t0 = self.spec.name, set(), 0, time.time()
+        while True:
+            dec = decide(self.race_scores(meta), n_max, settings)
+            write_json_atomic(self.dir / DECISION_FILE, {**dec.to_dict(), "line": dec.line()})
+            if dec.finished:
+                self.echo(f"[{name}] {dec.line()}")
+                return
+            need = {o: n for o, n in dec.designs.items() if o not in dec.out}
+            todo = [
+                t
+                for t in self.trials.values()
+                if t.trial_id not in launched
+                and self.finished(t) is None
+                and any(k[1] in need and position[(k[1], k[2])] < need[k[1]] for k in t.keys)
+            ]
+            if not todo:  # the look's jobs returned without finished records: stop, resume later
+                self.echo(f"[search] {name}: look {dec.looks + 1} incomplete; resume the search to continue")
+                return
+            out = f" ({', '.join(dec.out)} found worse)" if dec.out else ""
+            self.echo(f"[{name}] look {dec.looks + 1}: {len(todo)} trial(s) for {', '.join(need)}{out}")
+            bs = self.search.batch_size(len(todo))
+            for start in range(0, len(todo), bs):
+                batch = todo[start : start + bs]
+                self.launch(batch)
+                launched.update(t.trial_id for t in batch)
+                ran += len(batch)
+                self.reconcile()
+                self.progress(ran, ran + len(todo) - start - len(batch), t0)
 
     def race(self, meta: Mapping[str, Any]) -> None:
         """Run the stage as a race (peftds.search.racing): each round brings every surviving option to the
@@ -303,8 +366,8 @@ class StageRun:
         summary = stage_summary(self.dir)
         space, best_file = None, None
         if summary["status"] == "ok" and summary["winner"]:
-            space = next_space(self.spec, self.space, summary)
-            write_space_next(self.dir, self.spec, space, summary["winner"], self.search.dir)
+            space = next_space(self.spec, self.space, summary, self.settings.on_tie)
+            write_space_next(self.dir, self.spec, space, summary["winner"], self.search.dir, summary.get("verdict"))
             best_file = self.search.designs.write_best(self.spec, meta, summary, self.dir)
         write_summary(self.dir, summary)
         if self.settings.report:
@@ -315,4 +378,6 @@ class StageRun:
         self.echo(f"\n[search] stage {self.spec.name} ({self.dir}):")
         self.echo(markdown_table(summary, summary.get("values")))
         self.echo(f"[search] {verdict(summary)}")
+        if summary.get("decision"):
+            self.echo(f"[search] {summary['decision']['line']}")
         return StageResult(summary, space, best_file, self.dir)

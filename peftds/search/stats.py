@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peftds.errors import PeftdsError
-from peftds.files import RACE_FILE, STAGE_FILE, TRIALS_FILE, read_json
+from peftds.files import DECISION_FILE, RACE_FILE, STAGE_FILE, TRIALS_FILE, read_json
+from peftds.search.decision import Decision, DecisionSettings, decide
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -133,6 +134,40 @@ def design_scores(df: pd.DataFrame, tasks: Sequence[str] | None = None) -> pd.Da
     return out
 
 
+def index_scores(
+    df: pd.DataFrame, samples: Mapping[str, Sequence[Mapping[str, Any]]], options: Sequence[str], n_tasks: int
+) -> dict[str, list[float]]:
+    """Each sampled option's design scores in sample order, as far as every task of a design has a row (NaN:
+    a design with a task that did not end ok): the prefix of finished designs, which is all a sequential
+    decision or a race decides on. Sample order is index order, so position i of two options is a pair."""
+    done = {(r.option, int(r.index)): r for r in design_scores(df, None).itertuples()} if not df.empty else {}
+    out: dict[str, list[float]] = {}
+    for opt in options:
+        if opt not in samples:
+            continue  # infeasible
+        xs = []
+        for s in samples[opt]:
+            r = done.get((opt, int(s["index"])))
+            if r is None or r.tasks_ok + r.tasks_failed < n_tasks:
+                break  # not finished: the prefix ends here
+            xs.append(float(r.score) if r.tasks_ok >= n_tasks else math.nan)
+        out[opt] = xs
+    return out
+
+
+def stage_decision(stage_dir: Path, meta: Mapping[str, Any], df: pd.DataFrame) -> Decision | None:
+    """The stage's decision from its rows: with the settings of its decision.json (a stage that ran
+    sequentially), else one look at all N designs with the default δ* and α (a full-protocol stage).
+    None for a raced stage (its options have unequal prefixes by design) or one without samples."""
+    if (stage_dir / RACE_FILE).exists() or not meta.get("samples"):
+        return None
+    record = read_json(stage_dir / DECISION_FILE) or {}
+    settings = DecisionSettings(**record["settings"]) if "settings" in record else DecisionSettings(sequential=False)
+    scores = index_scores(df, meta["samples"], meta["options_order"], len(meta["tasks"]))
+    n_max = max(int(v) for v in meta["planned"].values())
+    return decide(scores, n_max, settings)
+
+
 def race_eliminated(race: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Options that left a race (race.json): option -> {"round": 1-based round, "why": its bound vs the leader's}."""
     return {
@@ -165,6 +200,7 @@ def summarize(
     planned: Mapping[str, int] | None = None,
     infeasible: Mapping[str, str] | None = None,
     race: Mapping[str, Any] | None = None,
+    decision: Decision | None = None,
 ) -> dict[str, Any]:
     """Per-option statistics and the winner of a stage.
 
@@ -173,7 +209,9 @@ def summarize(
     trials); infeasible: option -> reason for options that could not be sampled; race: the stage's
     race.json (peftds.search.racing.race_record) when it races: options that left the race keep their
     statistics but are not ranked, only the designs the race gives an option are pending, the stage runs
-    until the race is over, and min_ok scales with the designs the race gave an option.
+    until the race is over, and min_ok scales with the designs the race gave an option. decision: the
+    stage's verdict (peftds.search.decision); a sequential one acts like a race (options found worse are
+    not ranked, only the designs of the looks taken or needed are pending).
     """
     import pandas as pd
 
@@ -181,6 +219,13 @@ def summarize(
     planned = dict(planned or {})
     eliminated = race_eliminated(race) if race else {}
     targets = race_targets(race) if race else {}
+    sequential = decision is not None and decision.settings.sequential
+    if sequential:
+        targets = dict(decision.designs)
+        eliminated = {
+            o: {"round": look, "why": f"{o}: worse than {decision.pick} (lower bound {decision.lower[o]:.2f} > 0)"}
+            for o, look in decision.out.items()
+        }
     per_design = design_scores(df, tasks)
     task_list = list(tasks) if tasks else (sorted(set(df["task"])) if not df.empty else [])
     stats: dict[str, dict[str, Any]] = {}
@@ -256,8 +301,12 @@ def summarize(
         "leader": ranked[0] if ranked else None,
         "tie": tied if len(tied) > 1 else None,
     }
-    if race:
+    if decision is not None:
+        out["verdict"] = decision.verdict if decision.finished else None
+        out["decision"] = {**decision.to_dict(), "line": decision.line()}
+    if race or sequential:
         out["eliminated"] = eliminated
+    if race:
         out["race"] = {
             k: race[k] for k in ("winner", "finished", "trial_epochs", "full_trial_epochs", "compute_fraction")
         }
@@ -267,6 +316,8 @@ def summarize(
         out.update(status="running", message=f"{pending} trial(s) still to run")
     elif race and not race["finished"]:
         out.update(status="running", message=f"the race goes on: round {len(race['rounds']) + 1} still to run")
+    elif sequential and not decision.finished:
+        out.update(status="running", message=f"the decision goes on: look {decision.looks + 1} still to run")
     elif short:
         detail = ", ".join(f"{o} ({stats[o]['designs_ok']}" + (f" < {need[o]}" if race else "") + ")" for o in short)
         out.update(
@@ -307,8 +358,12 @@ def stage_summary(stage_dir: str | Path, n_boot: int | None = None) -> dict[str,
     meta = json.loads(meta_path.read_text())
     race = read_json(stage_dir / RACE_FILE) if (stage_dir / RACE_FILE).exists() else None
     df = read_table(stage_dir / TRIALS_FILE)
+    decision = stage_decision(stage_dir, meta, df)
     if meta.get("samples") and not df.empty:  # only the designs this stage sampled (N may have changed) ...
-        cap = race_targets(race) if race else {}  # ... and of a race only the prefix it gives each option
+        # ... and of a race or a sequential decision only the prefix it gives each option
+        cap = (
+            race_targets(race) if race else dict(decision.designs) if decision and decision.settings.sequential else {}
+        )
         planned = {(o, int(s["index"])) for o, lst in meta["samples"].items() for s in lst[: cap.get(o, len(lst))]}
         df = df[[(o, int(i)) in planned for o, i in zip(df["option"], df["index"])]]
     summary = summarize(
@@ -321,6 +376,7 @@ def stage_summary(stage_dir: str | Path, n_boot: int | None = None) -> dict[str,
         planned=meta.get("planned"),
         infeasible=meta.get("infeasible"),
         race=race,
+        decision=decision,
     )
     summary["stage"] = meta["name"]
     summary["dimension"] = meta.get("dimension")

@@ -168,6 +168,10 @@ CASES = [
     (["compare", "compare=cpuu"], "did you mean cpu?"),
     (["bench", "--design", "lora"], "e.g. design=lora"),
     (["trian"], "did you mean train?"),
+    (["search", *SEARCH, "search.tolerance=-1"], "search.tolerance"),
+    (["search", *SEARCH, "search.on_tie=all"], "search.on_tie"),
+    (["search", *SEARCH, "search.round_growth=1"], "search.round_growth"),
+    (["replay", "{tmp}", "tolerance=-0.5"], "tolerance"),
 ]
 
 # Real bad input the code does not (yet) turn into exit 2 + one line before any model loads:

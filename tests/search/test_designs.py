@@ -56,6 +56,19 @@ def test_next_space_adds_the_winner_and_its_history(tmp_path):
     space = next_space(ALLOC, Space.from_config({}), summary)
     assert space.allocation == "uniform" and space.name == "after_allocation"
     assert space.history[-1] == {"stage": "allocation", "option": "uniform", "value": "uniform", "mean": 71.2346,
-                                 "ci": [70.0, 72.5], "designs": 5, "overlap_runner_up": False}  # fmt: skip
+                                 "ci": [70.0, 72.5], "designs": 5, "overlap_runner_up": False, "verdict": None,
+                                 "within_tolerance": [], "dimension_left_open": False}  # fmt: skip
     path = write_space_next(tmp_path, ALLOC, space, "uniform", tmp_path)
     assert Space.from_config(yaml.safe_load(path.read_text())) == space
+
+
+def test_on_tie_open_leaves_the_dimension_free_unless_decided():
+    stats = {"mean": 71.0, "ci_low": 70.0, "ci_high": 72.5, "designs_ok": 5}
+    summary = {"winner": "uniform", "overlap": True, "options": {"uniform": stats}, "verdict": "equivalent",
+               "decision": {"within": ["increasing"]}}  # fmt: skip
+    kept = next_space(ALLOC, Space.from_config({}), summary, on_tie="leader")
+    assert kept.allocation == "uniform" and kept.history[-1]["within_tolerance"] == ["increasing"]
+    free = next_space(ALLOC, Space.from_config({}), summary, on_tie="open")
+    assert free.allocation is None and free.history[-1]["dimension_left_open"]
+    decided = next_space(ALLOC, Space.from_config({}), {**summary, "verdict": "decided"}, on_tie="open")
+    assert decided.allocation == "uniform"

@@ -70,7 +70,8 @@ def test_race_drops_options_clearly_behind(tmp_path, fake_training, args):
     assert len(calls) == n and json.loads((sdir / RACE_FILE).read_text()) == race
     # extended into a full run (the same trial ids): only the designs the race skipped run now
     log.clear()
-    assert run_search(["search.dir=" + str(tmp_path / "s"), "search.racing=false"], echo=log.append) == 0
+    full = ["search.dir=" + str(tmp_path / "s"), "search.racing=false", "search.sequential=false"]
+    assert run_search(full, echo=log.append) == 0
     assert not (sdir / RACE_FILE).exists() and any(f"{RACE_FILE} removed" in str(x) for x in log)
     assert len(calls) == 5 * N and n < 5 * N
     s = json.loads((sdir / "summary.json").read_text())
@@ -112,7 +113,9 @@ def test_killed_race_resumes_to_the_same_decisions(tmp_path, fake_training, args
 def test_replay_of_a_full_fake_stage(tmp_path, fake_training, args, capsys):
     _, rules = fake_training
     rules["score"] = option_score
-    a = args(tmp_path, "stage=grouping", "search.n=6", "search.epochs=2", "search.report=false")
+    a = args(
+        tmp_path, "stage=grouping", "search.n=6", "search.epochs=2", "search.report=false", "search.sequential=false"
+    )
     assert run_search(a, echo=quiet) == 0
     sdir = tmp_path / "s" / "grouping"
     table = rows(sdir / "trials.csv")
@@ -124,4 +127,4 @@ def test_replay_of_a_full_fake_stage(tmp_path, fake_training, args, capsys):
     assert cmd_replay([str(sdir), "replays=20", "seed=1"]) == 0
     res = json.loads((sdir / REPLAY_JSON).read_text())
     assert res["full_n_winner"] == "spindle" and res["replays"] == 20
-    assert "default racing" in capsys.readouterr().out
+    assert "default decision" in capsys.readouterr().out

@@ -38,7 +38,7 @@ def test_replay_of_a_clear_stage(tmp_path, capsys):
     d = write_stage(tmp_path / "st", GAPS, n=12, epochs=3, spread=2.0)
     assert cmd_replay([str(d), "replays=40", "seed=3"]) == 0
     out = capsys.readouterr().out
-    assert "default racing t" in out and "target" in out
+    assert "default decision" in out and "target" in out and "N=100 synthetic" in out
     for name in (REPLAY_JSON, REPLAY_MD, REPLAY_PLOT):
         assert (d / name).stat().st_size > 0
     res = json.loads((d / REPLAY_JSON).read_text())
@@ -47,6 +47,12 @@ def test_replay_of_a_clear_stage(tmp_path, capsys):
     rows = {r["policy"]: r for r in res["policies"]}
     full = rows["full N=12"]
     assert full["same_winner_rate"] == 1.0 and full["compute_fraction"] == 1.0
+    assert full["good_selection_rate"] == 1.0 and full["regret_mean"] == 0.0
+    decision = next(r for r in res["policies"] if r["family"] == "decision (default)")
+    # options 10 points apart: decided (or equivalent) long before N, always the winner
+    assert decision["good_selection_rate"] == 1.0 and decision["compute_fraction"] < 0.6
+    assert decision["verdicts"]["unresolved"] == 0.0 and decision["verdict_agreement"] > 0.5
+    assert decision["cross_fitted"]["good_selection_rate"] == 1.0 and res["full_verdict"] == "decided"
     race = next(r for r in res["policies"] if r["family"] == "racing (default)")
     assert race["same_winner_rate"] == 1.0 and race["compute_fraction"] < 0.6
     assert race["race"]["method"] == "t"
@@ -70,20 +76,41 @@ def test_equal_orders_same_winner_for_full_n_and_racing_saves(tmp_path):
     assert hybrid and all(r["compute_fraction"] <= 1.0 for r in hybrid)
 
 
-def test_best_default_picks_the_cheapest_setting_meeting_the_target():
-    def row(policy, family, same, comp):
-        return {"policy": policy, "family": family, "race": {}, "same_winner_rate": same, "compute_fraction": comp}
+def test_best_default_picks_the_cheapest_policy_meeting_the_target():
+    def row(policy, family, good, comp):
+        return {"policy": policy, "family": family, "good_selection_rate": good, "compute_fraction": comp}
 
     rows = [
-        {"policy": "full", "family": "full", "race": None, "same_winner_rate": 1.0, "compute_fraction": 1.0},
-        row("d", "racing (default)", 0.95, 0.3),
-        row("x", "racing t", 0.92, 0.2),
+        row("full", "full", 1.0, 1.0),
+        row("d", "decision (default)", 0.96, 0.3),
+        row("x", "decision", 0.95, 0.2),
         row("y", "racing t", 0.97, 0.1),
-        row("z", "racing t", 0.85, 0.05),
+        row("z", "fixed N", 0.85, 0.05),
     ]
     t = best_default(rows)
     assert t["default"] == "d" and not t["default_meets"] and t["best"] == "y" and t["meeting"] == ["x", "y"]
     assert best_default(rows, compute=0.5)["default_meets"]
+
+
+def test_paired_stage_replays_pairs_and_measures_the_variance_pairing_removes(tmp_path):
+    """Design i of every option shares a design effect of sd 3 (own spread 0.5): pairs are drawn together,
+    so the paired difference has a small fraction of the unpaired variance, and the decision is cheap."""
+    means = {"a": 80.0, "b": 80.1, "c": 77.0}
+    paired = load_stage(write_stage(tmp_path / "p", means, n=16, spread=0.5, noise=0.1, paired=3.0))
+    assert paired.paired
+    res = run_replay(paired, RaceSettings(), replays=60, seed=1)
+    p = res["pairing"]
+    assert p["paired_stage"] and p["ratio_mean"] < 0.1 and p["unpaired_mean"] > 10
+    decision = next(r for r in res["policies"] if r["family"] == "decision (default)")
+    assert decision["good_selection_rate"] == 1.0 and decision["compute_fraction"] < 0.8
+    assert res["synthetic"]["default"]["good_selection_rate"] >= 0.95
+    # the same designs analysed unpaired: the shared effect is noise, the decision needs all N
+    unpaired = load_stage(write_stage(tmp_path / "u", means, n=16, spread=0.5, noise=0.1, paired=3.0))
+    unpaired.paired = False
+    res_u = run_replay(unpaired, RaceSettings(), replays=60, seed=1)
+    dec_u = next(r for r in res_u["policies"] if r["family"] == "decision (default)")
+    assert dec_u["compute_fraction"] > decision["compute_fraction"]
+    assert res_u["pairing"]["ratio_mean"] is None
 
 
 @pytest.mark.parametrize(
@@ -96,6 +123,8 @@ def test_best_default_picks_the_cheapest_setting_meeting_the_target():
         (["{d}", "replays=0"], "replays must be >= 1"),
         (["{d}", "delta=1"], r"delta must be in \(0, 1\)"),
         (["{d}", "method=anova"], "method must be one of"),
+        (["{d}", "alpha=0"], r"alpha must be in \(0, 1\)"),
+        (["{d}", "tolerance=-1"], "tolerance must be in"),
         (["{d}/nowhere"], "stage dir not found"),
     ],
 )

@@ -51,3 +51,35 @@ def test_replay_command_writes_its_files(tmp_path, capsys):
     assert "does NOT meet the target" in capsys.readouterr().out
     for name in (REPLAY_JSON, REPLAY_MD, REPLAY_PLOT):
         assert (d / name).stat().st_size > 0
+
+
+PAIRED = {
+    "truth_grouping_paired": ["increasing", "uniform", "decreasing", "spindle", "bottleneck"],
+    "truth_tunable": ["G1", "G4", "G12", "G34", "all"],
+}
+
+
+@pytest.mark.parametrize("name", list(PAIRED))
+def test_the_paired_real_stages_replay_as_pairs(name):
+    """The paired ground truths (`make stage-truth-paired-cpu`, `make stage-truth-tunable-cpu`): design i of
+    every option shares its draws (exact pairs share tuned groups, allocation and strategies), the replay
+    redraws pairs, and the default decision's figures are computed on them."""
+    import json
+
+    d = Path(__file__).parent / "fixtures" / name
+    meta = json.loads((d / "stage.json").read_text())
+    assert meta["paired"] and meta["options_order"] == PAIRED[name]
+    st = load_stage(d)
+    assert st.paired and st.options == PAIRED[name] and st.epochs == 3 and st.n == meta["n"] >= 2
+    for i in meta["pairs"]["exact"]:
+        shared = {json.dumps([s["tuned"], s["allocation"], s["strategies"]]) for o in PAIRED[name]
+                  for s in meta["samples"][o] if s["index"] == i}  # fmt: skip
+        if meta["dimension"] == "grouping":
+            assert len(shared) == 1
+        else:  # tunable: tuned groups are the option; allocation is shared
+            assert len({json.loads(x)[1] for x in shared}) == 1
+    res = run_replay(st, RaceSettings(), replays=100, seed=0)
+    assert res["paired"] and res["full_verdict"] in ("decided", "equivalent", "unresolved")
+    default = next(r for r in res["policies"] if r["family"] == "decision (default)")
+    assert 0 < default["compute_fraction"] <= 1 and 0 <= default["good_selection_rate"] <= 1
+    assert res["pairing"]["paired_stage"] and res["pairing"]["ratio_mean"] is not None
