@@ -382,6 +382,12 @@ def resolve_path(name_or_path: str) -> str:
     return name_or_path
 
 
+# Keys transformers reads beside a config's own fields: head_dim through getattr (Qwen2, Phi-3 modelling),
+# rope_theta and Gemma 3's sliding_window_pattern converted from keyword arguments (rope_parameters, the
+# private _sliding_window_pattern).
+READ_BESIDE_FIELDS = ("head_dim", "rope_theta", "sliding_window_pattern")
+
+
 def check_shape(model_cfg: ModelConfig) -> None:
     """`model.shape` typed like every other key: each entry must be a field of the architecture's
     transformers config (or a generation setting such as decoder_start_token_id), with a value of that
@@ -394,6 +400,7 @@ def check_shape(model_cfg: ModelConfig) -> None:
         defaults = {**GenerationConfig().to_dict(), **AutoConfig.for_model(model_cfg.arch).to_dict()}
     except ValueError as e:
         raise PeftdsError(f"model.arch '{model_cfg.arch}': {str(e).splitlines()[0]}") from None
+    defaults = {**dict.fromkeys(READ_BESIDE_FIELDS), **defaults}
     for key, value in model_cfg.shape.items():
         where = f"model.shape.{key}"
         if key not in defaults:
