@@ -16,17 +16,14 @@ import torch
 from torch import nn
 
 from peftds.errors import PeftdsError
-from peftds.export.source import TrainedRun, layer_ranges
+from peftds.export.source import TrainedRun
 from peftds.model.backbones import build_model
 from peftds.train.setup import load_tokenizer
 
 
 def check_merged(run: TrainedRun) -> None:
     """PeftdsError naming what a plain checkpoint cannot hold."""
-    unheld = [f"{s} (layers {layer_ranges(run.layers_with(s))})" for s in ("adapter", "prefix") if run.layers_with(s)]
-    gated = run.layers_with("lora", gated=True)
-    if gated:
-        unheld.append(f"UniPELT LoRA gates (layers {layer_ranges(gated)})")
+    unheld = run.input_dependent_parts()
     if unheld:
         raise PeftdsError(
             f"format=merged cannot hold {', '.join(unheld)}: they act on each input and have no weights to fold "

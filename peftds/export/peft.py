@@ -56,10 +56,7 @@ def check_peft(run: TrainedRun) -> str:
     plan = run.built.plan
     if plan.full:
         raise PeftdsError("format=peft holds a LoRA adapter, not a full fine-tune: format=merged holds it")
-    unheld = [f"{s} (layers {layer_ranges(run.layers_with(s))})" for s in ("adapter", "prefix") if run.layers_with(s)]
-    gated = run.layers_with("lora", gated=True)
-    if gated:
-        unheld.append(f"UniPELT LoRA gates (layers {layer_ranges(gated)})")
+    unheld = run.input_dependent_parts()
     if unheld:
         raise PeftdsError(
             f"format=peft cannot hold {', '.join(unheld)}: peft's LoRA has no such modules, and format=merged "

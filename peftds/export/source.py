@@ -43,6 +43,16 @@ class TrainedRun:
             return []
         return [lp.index for lp in plan.layers if strategy in lp.modules]
 
+    def input_dependent_parts(self) -> list[str]:
+        """What acts on each input rather than as a weight update (adapters, prefixes, UniPELT's LoRA gates),
+        with the layers that hold it: what neither a peft LoRA adapter nor a merged checkpoint can hold."""
+        held = {s: self.layers_with(s) for s in ("adapter", "prefix")}
+        parts = [f"{s} (layers {layer_ranges(layers)})" for s, layers in held.items() if layers]
+        gated = self.layers_with("lora", gated=True)
+        if gated:
+            parts.append(f"UniPELT LoRA gates (layers {layer_ranges(gated)})")
+        return parts
+
     def lora_modules(self) -> dict[str, list[LoRALinear]]:
         """The LoRA-wrapped projections by module name (the name of the Linear they replaced), each with its
         chain of LoRAs from the outside in: one, or one per target sharing a fused projection (each on its

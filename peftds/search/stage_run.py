@@ -177,13 +177,7 @@ class StageRun:
                 self.echo(f"[{name}] {dec.line()}")
                 return
             need = {o: n for o, n in dec.designs.items() if o not in dec.out}
-            todo = [
-                t
-                for t in self.trials.values()
-                if t.trial_id not in launched
-                and self.finished(t) is None
-                and any(k[1] in need and position[(k[1], k[2])] < need[k[1]] for k in t.keys)
-            ]
+            todo = self.unfinished_within(need, position, launched)
             if not todo:  # the look's jobs returned without finished records: stop, resume later
                 self.echo(f"[search] {name}: look {dec.looks + 1} incomplete; resume the search to continue")
                 return
@@ -197,6 +191,18 @@ class StageRun:
                 ran += len(batch)
                 self.reconcile()
                 self.progress(ran, ran + len(todo) - start - len(batch), t0)
+
+    def unfinished_within(
+        self, need: Mapping[str, int], position: Mapping[tuple[str, int], int], launched: set[str]
+    ) -> list[Trial]:
+        """Trials not yet launched or finished whose design is among the first `need[option]` of an option."""
+        return [
+            t
+            for t in self.trials.values()
+            if t.trial_id not in launched
+            and self.finished(t) is None
+            and any(k[1] in need and position[(k[1], k[2])] < need[k[1]] for k in t.keys)
+        ]
 
     def race(self, meta: Mapping[str, Any]) -> None:
         """Run the stage as a race (peftds.search.racing): each round brings every surviving option to the
@@ -223,13 +229,7 @@ class StageRun:
                 )
                 return
             need = result.next_designs
-            todo = [
-                t
-                for t in self.trials.values()
-                if t.trial_id not in launched
-                and self.finished(t) is None
-                and any(k[1] in need and position[(k[1], k[2])] < need[k[1]] for k in t.keys)
-            ]
+            todo = self.unfinished_within(need, position, launched)
             if not todo:  # the round's jobs returned without finished records: stop, resume later
                 self.echo(f"[search] {name}: race round {echoed + 1} incomplete; resume the search to continue")
                 return
