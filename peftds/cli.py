@@ -78,9 +78,9 @@ COMMANDS: dict[str, Command] = {
         output=None,
     ),
     "replay": Command(
-        "peftds.search.replay:cmd_replay",
+        "peftds.search.replay_command:cmd_replay",
         "replay a full-fidelity stage: how often racing, a smaller N or fewer epochs pick its winner, at what compute",
-        usage_from="peftds.search.replay:USAGE",
+        usage_from="peftds.search.replay_command:USAGE",
         output=None,
     ),
     "compare": Command(

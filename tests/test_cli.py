@@ -135,9 +135,9 @@ def test_unknown_option_lists_designs_not_fragments(capsys):
 def test_usage_lines_come_from_the_commands_own_parsers(capsys):
     """report/replay print their parser's usage; the Hydra commands' usage names every group they compose."""
     from peftds.cli import command_usage
-    from peftds.search import replay, report
+    from peftds.search import replay_command, report
 
-    assert command_usage("replay") == replay.USAGE and command_usage("report") == report.USAGE
+    assert command_usage("replay") == replay_command.USAGE and command_usage("report") == report.USAGE
     for name, cmd in COMMANDS.items():
         if not cmd.usage_from:
             text = command_usage(name)

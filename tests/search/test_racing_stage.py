@@ -10,7 +10,7 @@ import pytest
 
 from peftds.files import RACE_FILE, REPLAY_JSON
 from peftds.search.launch import run_search
-from peftds.search.replay import cmd_replay
+from peftds.search.replay_command import cmd_replay
 from peftds.search.stage_run import StageRun
 
 from .helpers import quiet, rows

@@ -13,10 +13,10 @@ from peftds.files import REPLAY_JSON, REPLAY_MD, REPLAY_PLOT
 from peftds.search.racing import RaceSettings
 from peftds.search.replay import (
     best_default,
-    cmd_replay,
     load_stage,
     run_replay,
 )
+from peftds.search.replay_command import cmd_replay
 
 from .fixtures.synthetic import write_stage
 

@@ -11,7 +11,8 @@ import pytest
 
 from peftds.files import REPLAY_JSON, REPLAY_MD, REPLAY_PLOT
 from peftds.search.racing import RaceSettings
-from peftds.search.replay import cmd_replay, load_stage, run_replay
+from peftds.search.replay import load_stage, run_replay
+from peftds.search.replay_command import cmd_replay
 
 TRUTH = Path(__file__).parent / "fixtures" / "truth_grouping"
 MEANS = {"increasing": 83.87, "uniform": 83.97, "decreasing": 83.85, "spindle": 84.13, "bottleneck": 84.52}
