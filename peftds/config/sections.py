@@ -180,6 +180,12 @@ class SearchConfig(Section):
         "an equivalent/unresolved stage: the next space keeps the leader, or leaves the dimension open",
         choices=("leader", "open"),
     )
+    cheap_epochs: int | None = setting(
+        None,
+        "multi-fidelity looks: every design trained this many epochs, a random share continued to search.epochs",
+        ge=1,
+    )
+    continue_share: float = setting(0.5, "share of each look's designs continued to full fidelity", gt=0.0, le=1.0)
     # racing (peftds.search.racing): search keys only, so trial ids stay those of a full-fidelity stage
     racing: bool = setting(False, "race a stage's options: stop sampling options clearly behind the leader")
     racing_delta: float = setting(0.05, "error rate of a whole race (split over options and rounds)", gt=0.0, lt=1.0)

@@ -138,26 +138,33 @@ def estimate(full: np.ndarray, cheap: np.ndarray | None) -> tuple[np.ndarray, np
     return est, var, k - 2
 
 
+def continued(n: int, share: float | None) -> int:
+    """Designs of a look of n continued to full fidelity: all without a share, else ceil(share·n) but at
+    least 4 (the control-variate estimate's variance needs two degrees of freedom)."""
+    return n if share is None else min(n, max(4, math.ceil(share * n)))
+
+
 def decide_batch(
     scores: np.ndarray,
     settings: DecisionSettings,
     n_max: int | None = None,
     cheap: np.ndarray | None = None,
-    share: float = 1.0,
+    share: float | None = None,
 ) -> dict[str, np.ndarray]:
     """The decision of B stages at once.
 
     scores: (B, K, N) design scores, index i of every option a pair (NaN: a design that failed); options
     in config order (ties go to the first). Multi-fidelity: `cheap` holds the same designs scored at a low
-    fidelity (epoch k); at a look of n designs only the first ceil(share·n) have full-fidelity scores, and
-    the means and differences are control-variate estimates (`estimate`). Returns: verdict (B,) index into
-    VERDICTS; pick (B,) option index (-1: nothing scored); designs (B, K) designs each option got; full
-    (B, K) of them at full fidelity; looks (B,); lower (B, K) the last look's lower bound on μ_pick − μ_j
-    (NaN for the pick itself); out (B, K) options found worse, out_look (B, K) the 1-based look that found
-    them worse (0: never); done (B,) whether the decision is over (False: a look of n_max's schedule needs
-    more designs than given).
+    fidelity (epoch k); at a look of n designs only the first `continued(n, share)` have full-fidelity
+    scores (`scores` may hold NaN past them), and the means and differences are control-variate estimates
+    (`estimate`). Returns: verdict (B,) index into VERDICTS; pick (B,) option index (-1: nothing scored);
+    designs (B, K) designs each option got; full (B, K) of them at full fidelity; looks (B,); lower (B, K)
+    the lower bound on μ_pick − μ_j at the last look the option was in (NaN for the pick itself); mean
+    (B, K) each option's estimated mean at that look; out (B, K) options found worse, out_look (B, K) the
+    1-based look that found them worse (0: never); done (B,) whether the decision is over (False: a look
+    of n_max's schedule needs more designs than given).
     """
-    b, k, n_all = scores.shape
+    b, k, n_all = (scores if cheap is None else cheap).shape
     n_max = n_all if n_max is None else n_max
     sched = settings.schedule(n_max)
     level = 1 - settings.test_alpha(k, n_max) / 2
@@ -170,12 +177,13 @@ def decide_batch(
     looks = np.zeros(b, dtype=int)
     out_look = np.zeros((b, k), dtype=int)
     lower_out = np.full((b, k), np.nan)
+    mean_out = np.full((b, k), np.nan)
     rows = np.arange(b)
     for r, n in enumerate(sched):
         if n > n_all:
             break  # the designs of this look are not there yet: undecided so far
         going = ~done
-        m = n if cheap is None else min(n, max(4, math.ceil(share * n)))  # >= 4: two degrees of freedom
+        m = continued(n, None if cheap is None else share)
         designs = np.where(active & going[:, None], n, designs)
         full_designs = np.where(active & going[:, None], m, full_designs)
         x = scores[..., :m]
@@ -193,6 +201,7 @@ def decide_batch(
         lower = np.where((df >= 2) & np.isfinite(w), dm - w, -np.inf)
         is_leader = np.arange(k)[None, :] == leader[:, None]
         others = active & ~is_leader
+        looked = going[:, None] & active  # options in this look (one found worse earlier keeps its bound)
         out = going[:, None] & others & (lower > 0)
         active = active & ~out
         out_look = np.where(out, r + 1, out_look)
@@ -205,7 +214,8 @@ def decide_batch(
         verdict = np.where(ends, v, verdict)
         scored = np.isfinite(ranked).any(-1)
         pick = np.where(going, np.where(scored, leader, -1), pick)  # frozen once a row is done
-        lower_out = np.where(going[:, None], np.where(is_leader, np.nan, lower), lower_out)
+        lower_out = np.where(looked, np.where(is_leader, np.nan, lower), lower_out)
+        mean_out = np.where(looked, mean, mean_out)
         looks = np.where(ends, r + 1, looks)
         done |= ends
         if done.all():
@@ -217,10 +227,25 @@ def decide_batch(
         "full": full_designs,
         "looks": looks,
         "lower": lower_out,
+        "mean": mean_out,
         "out": ~active,
         "out_look": out_look,
         "done": done,
     }
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """A multi-fidelity stage: every design of a look trained to epoch `cheap_epochs` of `epochs`, the first
+    `continued(n, share)` of each option's n (a random subset: designs are drawn independently, so index
+    order is random) trained on to the end; the decision takes control-variate estimates."""
+
+    cheap_epochs: int
+    epochs: int
+    share: float
+
+    def label(self) -> str:
+        return f"epoch {self.cheap_epochs} of {self.epochs}, {self.share:.0%} of each look continued"
 
 
 @dataclass(frozen=True)
@@ -231,19 +256,23 @@ class Decision:
     verdict: str
     pick: str | None
     designs: dict[str, int]  # finished: designs each option got; else: designs it needs for the next look
+    full: dict[str, int]  # of them at full fidelity (all of them unless multi-fidelity)
     looks: int
     schedule: list[int]
     lower: dict[str, float]
+    means: dict[str, float]  # each option's estimated mean at its last look (control variate: multi-fidelity)
     out: dict[str, int]  # options found worse than a leader -> the look that found it
     within: list[str]  # options (besides the pick) not found worse and within δ* of it
     settings: DecisionSettings
     test_alpha: float
     finished: bool  # a verdict was reached, or every look is done
+    fidelity: Fidelity | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["settings"] = asdict(self.settings)
         out["lower"] = {o: (None if not math.isfinite(v) else round(v, 4)) for o, v in self.lower.items()}
+        out["means"] = {o: (None if not math.isfinite(v) else round(v, 4)) for o, v in self.means.items()}
         return out
 
     def line(self) -> str:
@@ -262,51 +291,88 @@ class Decision:
             what = (
                 f"leader {self.pick}, not separated from {', '.join(self.within) or 'the others'} at δ*={s.tolerance:g}"
             )
-        return f"{head}: {what} (α={s.alpha:g}, {sum(self.designs.values())} designs in {self.looks} look(s))"
+        used = f"{sum(self.designs.values())} designs in {self.looks} look(s)"
+        if self.fidelity is not None:
+            used += f", {sum(self.full.values())} of them at full fidelity ({self.fidelity.label()})"
+        return f"{head}: {what} (α={s.alpha:g}, {used})"
 
 
-def paired_matrix(scores_by_option: Mapping[str, Sequence[float]]) -> np.ndarray:
-    """(K, N) scores aligned by design index (NaN where an option lacks a design)."""
-    n = max((len(v) for v in scores_by_option.values()), default=0)
+def paired_matrix(scores_by_option: Mapping[str, Sequence[float]], width: int | None = None) -> np.ndarray:
+    """(K, width) scores aligned by design index (NaN where an option lacks a design; width: the longest)."""
+    n = max((len(v) for v in scores_by_option.values()), default=0) if width is None else width
     out = np.full((len(scores_by_option), n), np.nan)
     for j, v in enumerate(scores_by_option.values()):
+        v = list(v)[:n]
         out[j, : len(v)] = np.asarray(v, dtype=float)
     return out
 
 
-def decide(scores_by_option: Mapping[str, Sequence[float]], n_max: int, settings: DecisionSettings) -> Decision:
+def decide(
+    scores_by_option: Mapping[str, Sequence[float]],
+    n_max: int,
+    settings: DecisionSettings,
+    cheap: Mapping[str, Sequence[float]] | None = None,
+    fidelity: Fidelity | None = None,
+) -> Decision:
     """The decision of one stage from each option's design scores by index (NaN: failed), so far.
 
     Looks whose designs are not all there yet are not taken: `finished` is False and the stage needs
-    the designs of the next look (`Decision.designs` says how many each option has been given).
+    the designs of the next look (`Decision.designs` / `.full` say how many each option has been given).
+    An option found worse needs no more designs: later looks are taken over the options still in.
+    Multi-fidelity (`fidelity` with `cheap`: each option's epoch-k scores by index): a look of n designs
+    needs n cheap scores and `continued(n, share)` full ones of every option still in.
     """
     options = list(scores_by_option)
+    share = None if fidelity is None else fidelity.share
+    cheap = None if fidelity is None else {o: list((cheap or {}).get(o, [])) for o in options}
     sched = settings.schedule(n_max)
-    have = min((len(v) for v in scores_by_option.values()), default=0)
-    reached = [n for n in sched if n <= have]
-    if not reached or not options:
+    t_alpha = settings.test_alpha(len(options), n_max)
+
+    def reached(among: Sequence[str]) -> int:
+        """Designs per option of the last look every option of `among` has the scores of (0: none)."""
+        n_ok = 0
+        for n in sched:
+            if any(len(scores_by_option[o]) < continued(n, share) for o in among):
+                break
+            if cheap is not None and any(len(cheap[o]) < n for o in among):
+                break
+            n_ok = n
+        return n_ok
+
+    width = reached(options)
+    if not width or not options:
+        first = {o: sched[0] for o in options}
         return Decision(
-            "unresolved", None, {o: sched[0] for o in options}, 0, sched, {}, {}, [], settings,
-            settings.test_alpha(len(options), n_max), False,
+            "unresolved", None, first, {o: continued(n, share) for o, n in first.items()}, 0, sched, {}, {}, {}, [],
+            settings, t_alpha, False, fidelity,
         )  # fmt: skip
-    x = paired_matrix({o: list(v)[: reached[-1]] for o, v in scores_by_option.items()})[None]
-    res = decide_batch(x, settings, n_max)
+    while True:  # take the looks the data allow; an option found worse stops constraining them
+        x = paired_matrix(scores_by_option, width)[None]
+        low = None if cheap is None else paired_matrix(cheap, width)[None]
+        res = decide_batch(x, settings, n_max, cheap=low, share=share)
+        if res["done"][0]:
+            break
+        nxt = reached([o for j, o in enumerate(options) if not res["out"][0, j]])
+        if nxt <= width:
+            break
+        width = nxt
     finished = bool(res["done"][0])
-    looks = int(res["looks"][0]) if finished else len(reached)
+    looks = int(res["looks"][0]) if finished else sched.index(width) + 1
     pick_i = int(res["pick"][0])
     pick = options[pick_i] if pick_i >= 0 else None
     lower = {o: float(res["lower"][0, j]) for j, o in enumerate(options) if o != pick}
+    means = {o: float(res["mean"][0, j]) for j, o in enumerate(options)}
     out = {o: int(res["out_look"][0, j]) for j, o in enumerate(options) if res["out"][0, j]}
     within = [o for o in options if o != pick and o not in out and lower[o] > -settings.tolerance]
     if res["verdict"][0] == 2:
         within = [o for o in options if o != pick and o not in out]
     verdict = VERDICTS[int(res["verdict"][0])] if finished else "unresolved"
-    if finished:
-        designs = {o: int(res["designs"][0, j]) for j, o in enumerate(options)}
-    else:  # what the next look needs of every option not out
-        nxt = sched[len(reached)]
-        designs = {o: (int(reached[-1]) if o in out else nxt) for o in options}
+    designs = {o: int(res["designs"][0, j]) for j, o in enumerate(options)}
+    full = {o: int(res["full"][0, j]) for j, o in enumerate(options)}
+    if not finished:  # what the next look needs of every option not out
+        nxt = sched[looks]
+        designs = {o: (designs[o] if o in out else nxt) for o in options}
+        full = {o: (full[o] if o in out else continued(nxt, share)) for o in options}
     return Decision(
-        verdict, pick, designs, looks, sched, lower, out, within, settings,
-        settings.test_alpha(len(options), n_max), finished,
-    )  # fmt: skip
+        verdict, pick, designs, full, looks, sched, lower, means, out, within, settings, t_alpha, finished, fidelity
+    )

@@ -123,16 +123,27 @@ def decision_markdown(decision: Mapping[str, Any]) -> str:
         if s["sequential"]
         else f"one look at {decision['schedule'][-1]} designs per option"
     )
+    fidelity = decision.get("fidelity")
+    if fidelity:  # the option means of the summary are over the designs continued; the decision's are these
+        how += (
+            f"; multi-fidelity: every design to epoch {fidelity['cheap_epochs']} of {fidelity['epochs']}, "
+            f"{fidelity['share']:.0%} of each look continued, control-variate estimates"
+        )
+    means = decision.get("means") or {}
     lines = [
         f"Stage decision (paired differences vs the pick, t bounds at α'={decision['test_alpha']:.2g} = "
         f'α/(pairs·looks), δ*={s["tolerance"]:g}; {how}; README "Stage decisions"):',
         "",
-        "| option | lower bound of pick − option | found worse (look) | within δ* |",
-        "|---|---|---|---|",
+        "| option | estimated mean | designs (full fidelity) | lower bound of pick − option | found worse (look) "
+        "| within δ* |",
+        "|---|---|---|---|---|---|",
     ]
-    for o, low in decision["lower"].items():
+    for o, n in decision["designs"].items():
+        low = "pick" if o == decision["pick"] else _fmt(decision["lower"].get(o))
         out = decision["out"].get(o)
-        lines.append(f"| {o} | {_fmt(low)} | {out if out else '–'} | {'yes' if o in decision['within'] else 'no'} |")
+        within = "–" if o == decision["pick"] else "yes" if o in decision["within"] else "no"
+        full = (decision.get("full") or {}).get(o, n)
+        lines.append(f"| {o} | {_fmt(means.get(o))} | {n} ({full}) | {low} | {out if out else '–'} | {within} |")
     return "\n".join(lines)
 
 

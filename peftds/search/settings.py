@@ -19,7 +19,7 @@ from peftds.config.sections import COSMETIC_DATA_KEYS, COSMETIC_MODEL_KEYS, COSM
 from peftds.data.tasks import known_tasks, task_set
 from peftds.errors import PeftdsError
 from peftds.run_config import RunConfig
-from peftds.search.decision import DecisionSettings
+from peftds.search.decision import DecisionSettings, Fidelity
 from peftds.search.racing import RaceSettings
 
 REGIME_SECTIONS = ("model", "budget", "data", "train")
@@ -30,6 +30,7 @@ def search_settings(raw: Mapping[str, Any] | None) -> SearchConfig:
     settings = convert(SearchConfig, raw)
     race_settings(settings)  # the race's own checks, before anything is sampled
     decision_settings(settings)
+    fidelity_of(settings)
     return settings
 
 
@@ -43,6 +44,19 @@ def decision_settings(settings: SearchConfig) -> DecisionSettings:
         growth=settings.round_growth,
         sequential=settings.sequential and not settings.racing,
     )
+
+
+def fidelity_of(settings: SearchConfig) -> Fidelity | None:
+    """The multi-fidelity plan of a sequential stage (search.cheap_epochs, continue_share); None: every trial
+    trains search.epochs."""
+    k = settings.cheap_epochs
+    if k is None:
+        return None
+    if k >= settings.epochs:
+        raise PeftdsError(f"search.cheap_epochs ({k}) must be below search.epochs ({settings.epochs})")
+    if settings.racing:
+        raise PeftdsError("search.cheap_epochs decides the looks of the stage decision: set search.racing=false")
+    return Fidelity(cheap_epochs=k, epochs=settings.epochs, share=settings.continue_share)
 
 
 def race_settings(settings: SearchConfig) -> RaceSettings:
@@ -120,8 +134,17 @@ class SearchSetup:
         """Read the composed config (an OmegaConf object or a plain mapping) in one place; every section is
         checked (RunConfig) before anything is sampled or trained."""
         settings = search_settings(cfg.get("search"))
-        if RunConfig.from_composed(cfg).train.stop_epoch is not None:  # a trial's fidelity is the stage's choice
-            raise PeftdsError("train.stop_epoch cannot be set for a whole search: its trials train search.epochs")
+        train = RunConfig.from_composed(cfg).train
+        if train.stop_epoch is not None:  # a trial's fidelity is the stage's choice
+            raise PeftdsError(
+                "train.stop_epoch cannot be set for a whole search: its trials train search.epochs "
+                "(search.cheap_epochs stops a stage's trials early)"
+            )
+        if settings.cheap_epochs is not None and train.max_steps > 0:
+            raise PeftdsError(
+                f"search.cheap_epochs stops trials after an epoch: train.max_steps={train.max_steps} replaces the "
+                "epoch schedule (set train.max_steps=-1)"
+            )
         tasks = search_tasks(settings)
         sections = {k: plain(cfg.get(k)) for k in REGIME_SECTIONS}
         launcher = (cfg.get("hydra") or {}).get("launcher") or {}  # only two scalars: no need to resolve it all

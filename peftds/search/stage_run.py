@@ -34,11 +34,20 @@ from peftds.search.designs import Sample, StageDesigns
 from peftds.search.racing import race_record, run_race
 from peftds.search.report import markdown_table, verdict, write_stage_report
 from peftds.search.selection import next_space, write_space_next, write_summary
-from peftds.search.settings import SearchSetup, decision_settings, race_settings
+from peftds.search.settings import SearchSetup, decision_settings, fidelity_of, race_settings
 from peftds.search.stages import StageSpec, safe_name
 from peftds.search.stats import current_leader, index_scores, read_table, stage_summary
 from peftds.search.store import TrialTable, trial_row
-from peftds.search.trial import Trial, effective_status, finished_result, job_error, launcher_error, trial_id
+from peftds.search.trial import (
+    Trial,
+    effective_status,
+    finished_result,
+    job_error,
+    launcher_error,
+    score_at_epoch,
+    trial_id,
+)
+from peftds.train.checkpoint import delete_checkpoints
 from peftds.train.launched import lost_run_line, wait_until_stopped
 from peftds.train.record import RunRecord
 
@@ -162,47 +171,102 @@ class StageRun:
         df = read_table(self.dir / TRIALS_FILE)
         return index_scores(df, meta["samples"], meta["options_order"], len(self.config.tasks))
 
+    def cheap_scores(self, meta: Mapping[str, Any], epochs: int) -> dict[str, list[float]]:
+        """Each sampled option's design scores at fidelity `epochs` in sample order, as far as every task of
+        a design has trained that far (the mean over tasks; NaN: a task that did not end ok)."""
+        trial_of = {key[1:]: t for t in self.trials.values() for key in t.keys}
+        out: dict[str, list[float]] = {}
+        for opt in meta["options_order"]:
+            xs: list[float] = []
+            for s in meta["samples"].get(opt, []):
+                recs = [self.finished(trial_of[(opt, int(s["index"]), task)], epochs) for task in self.config.tasks]
+                if any(r is None for r in recs):
+                    break  # not there yet: the prefix ends here
+                xs.append(sum(score_at_epoch(r, epochs) for r in recs if r is not None) / len(recs))
+            if opt in meta["samples"]:
+                out[opt] = xs
+        return out
+
     def decide_in_looks(self, meta: Mapping[str, Any]) -> None:
         """Decide the stage in looks (peftds.search.decision): each look brings every option still in to
         the designs it needs (one launcher batch when the launcher takes it); the decision is recomputed
-        from the stored rows after each, so a killed stage resumes in the look it was in."""
-        settings = decision_settings(self.settings)
+        from the stored results after each, so a killed stage resumes in the look it was in. Multi-fidelity
+        (search.cheap_epochs): a look's designs train to epoch k, the first of them (a random subset) on to
+        the end; when the stage is over, the checkpoints of trials never continued are deleted."""
+        settings, fidelity = decision_settings(self.settings), fidelity_of(self.settings)
+        cheap_epochs = None if fidelity is None else fidelity.cheap_epochs
         n_max = max(int(n) for n in meta["planned"].values())
         position = {(o, int(s["index"])): i for o, lst in meta["samples"].items() for i, s in enumerate(lst)}
         name, launched, ran, t0 = self.spec.name, set(), 0, time.time()
         while True:
-            dec = decide(self.race_scores(meta), n_max, settings)
-            write_json_atomic(self.dir / DECISION_FILE, {**dec.to_dict(), "line": dec.line()})
+            cheap = None if cheap_epochs is None else self.cheap_scores(meta, cheap_epochs)
+            dec = decide(self.race_scores(meta), n_max, settings, cheap=cheap, fidelity=fidelity)
+            write_json_atomic(self.dir / DECISION_FILE, {**dec.to_dict(), "line": dec.line(), "cheap_scores": cheap})
             if dec.finished:
                 self.echo(f"[{name}] {dec.line()}")
+                if cheap_epochs is not None:
+                    self.drop_checkpoints()
                 return
-            need = {o: n for o, n in dec.designs.items() if o not in dec.out}
-            todo = self.unfinished_within(need, position, launched)
+            todo = self.unfinished_within({o: n for o, n in dec.full.items() if o not in dec.out}, position, launched)
+            stop_at: dict[str, int] = {}
+            if cheap_epochs is not None:
+                need = {o: n for o, n in dec.designs.items() if o not in dec.out}
+                early = [t for t in self.unfinished_within(need, position, launched, cheap_epochs) if t not in todo]
+                stop_at = {t.trial_id: cheap_epochs for t in early}
+                todo += early
             if not todo:  # the look's jobs returned without finished records: stop, resume later
                 self.echo(f"[search] {name}: look {dec.looks + 1} incomplete; resume the search to continue")
                 return
             out = f" ({', '.join(dec.out)} found worse)" if dec.out else ""
-            self.echo(f"[{name}] look {dec.looks + 1}: {len(todo)} trial(s) for {', '.join(need)}{out}")
-            bs = self.search.batch_size(len(todo))
-            for start in range(0, len(todo), bs):
-                batch = todo[start : start + bs]
-                self.launch(batch)
-                launched.update(t.trial_id for t in batch)
-                ran += len(batch)
-                self.reconcile()
-                self.progress(ran, ran + len(todo) - start - len(batch), t0)
+            at_k = f", {len(stop_at)} of them to epoch {cheap_epochs}" if stop_at else ""
+            still_in = ", ".join(o for o in dec.designs if o not in dec.out)
+            self.echo(f"[{name}] look {dec.looks + 1}: {len(todo)} trial(s){at_k} for {still_in}{out}")
+            ran = self.launch_in_batches(todo, launched, ran, t0, stop_at)
+
+    def launch_in_batches(
+        self, todo: list[Trial], launched: set[tuple[str, int | None]], ran: int, t0: float,
+        stop_at: Mapping[str, int] | None = None,
+    ) -> int:  # fmt: skip
+        """Launch a look's or a round's trials (one launcher batch when the launcher takes them), each to
+        its fidelity (stop_at: trial id -> last epoch; others: search.epochs); returns trials launched so far."""
+        stop_at = stop_at or {}
+        bs = self.search.batch_size(len(todo))
+        for start in range(0, len(todo), bs):
+            batch = todo[start : start + bs]
+            self.launch(batch, stop_at)
+            launched.update((t.trial_id, stop_at.get(t.trial_id)) for t in batch)
+            ran += len(batch)
+            self.reconcile()
+            self.progress(ran, ran + len(todo) - start - len(batch), t0)
+        return ran
 
     def unfinished_within(
-        self, need: Mapping[str, int], position: Mapping[tuple[str, int], int], launched: set[str]
+        self,
+        need: Mapping[str, int],
+        position: Mapping[tuple[str, int], int],
+        launched: set[tuple[str, int | None]],
+        epochs: int | None = None,
     ) -> list[Trial]:
-        """Trials not yet launched or finished whose design is among the first `need[option]` of an option."""
+        """Trials not yet launched or finished at fidelity `epochs` (None: the whole schedule) whose design
+        is among the first `need[option]` of an option."""
         return [
             t
             for t in self.trials.values()
-            if t.trial_id not in launched
-            and self.finished(t) is None
+            if (t.trial_id, epochs) not in launched
+            and self.finished(t, epochs) is None
             and any(k[1] in need and position[(k[1], k[2])] < need[k[1]] for k in t.keys)
         ]
+
+    def drop_checkpoints(self) -> None:
+        """Delete the checkpoints of this stage's trials that stopped early and were not continued (a decided
+        stage never needs them; a later stage or a rerun that does retrains them)."""
+        stopped = [self.search.trial_dir(t.trial_id) for t in self.trials.values() if self.finished(t) is None]
+        freed = [b for b in (delete_checkpoints(d) for d in stopped) if b > 0]
+        if freed:
+            self.echo(
+                f"[search] {self.spec.name}: deleted the checkpoints of {len(freed)} trial(s) stopped early "
+                f"({sum(freed) / 2**20:.1f} MiB)"
+            )
 
     def race(self, meta: Mapping[str, Any]) -> None:
         """Run the stage as a race (peftds.search.racing): each round brings every surviving option to the
@@ -234,14 +298,7 @@ class StageRun:
                 self.echo(f"[search] {name}: race round {echoed + 1} incomplete; resume the search to continue")
                 return
             self.echo(f"[{name}] round {echoed + 1}: {len(todo)} trial(s) for {', '.join(need)}")
-            bs = self.search.batch_size(len(todo))
-            for start in range(0, len(todo), bs):  # a round is one launcher batch when it fits
-                batch = todo[start : start + bs]
-                self.launch(batch)
-                launched.update(t.trial_id for t in batch)
-                ran += len(batch)
-                self.reconcile()
-                self.progress(ran, ran + len(todo) - start - len(batch), t0)
+            ran = self.launch_in_batches(todo, launched, ran, t0)
 
     # ------------------------------------------------------------------ trials and rows
     def trials_of(self, meta: Mapping[str, Any]) -> dict[str, Trial]:
@@ -259,8 +316,9 @@ class StageRun:
     def keys(self) -> set[tuple[str, str, int, str]]:
         return {k for t in self.trials.values() for k in t.keys}
 
-    def finished(self, trial: Trial) -> dict[str, Any] | None:
-        return finished_result(self.search.trial_dir(trial.trial_id))
+    def finished(self, trial: Trial, epochs: int | None = None) -> dict[str, Any] | None:
+        """The trial's record once it finished at fidelity `epochs` (None: its whole schedule)."""
+        return finished_result(self.search.trial_dir(trial.trial_id), epochs)
 
     def reconcile(self) -> tuple[int, int]:
         """Append a row for every finished trial whose row is missing (after a kill, or a trial shared
@@ -291,8 +349,9 @@ class StageRun:
         self.echo(f"[search] retry_failed: {len(failed)} failed trial(s) will run again ({n} row(s) removed)")
 
     # ------------------------------------------------------------------ launching
-    def trial_overrides(self, trial: Trial) -> list[str]:
-        """The overrides of one trial's Hydra job (on top of the forwarded search arguments)."""
+    def trial_overrides(self, trial: Trial, stop_epoch: int | None = None) -> list[str]:
+        """The overrides of one trial's Hydra job (on top of the forwarded search arguments); stop_epoch: train
+        the first epochs of the schedule only (the trial continues from its checkpoint when run again)."""
         s = trial.sample
         meta = (
             f"{{id: '{trial.trial_id}', stage: '{self.spec.name}', option: '{s.option}', index: {s.index}, "
@@ -304,6 +363,7 @@ class StageRun:
             f"task={trial.task}",
             "train.eval_split=heldout",
             f"train.epochs={self.settings.epochs}",
+            *([f"train.stop_epoch={stop_epoch}"] if stop_epoch is not None else []),
             "train.progress=false",
             f"train.save_params={'true' if self.settings.save_params else 'false'}",
             f"+trial={meta}",
@@ -311,8 +371,10 @@ class StageRun:
             "hydra.job.name=trial",
         ]
 
-    def launch(self, batch: list[Trial]) -> None:
-        """Run a batch of trials; a trial that failed without writing its own failed record gets one."""
+    def launch(self, batch: list[Trial], stop_at: Mapping[str, int] | None = None) -> None:
+        """Run a batch of trials (stop_at: trial id -> last epoch to train; others: the whole schedule); a
+        trial that failed without writing its own failed record gets one."""
+        stop_at = stop_at or {}
         search = self.search
         missing = [t for t in batch if not (search.dir / t.sample.design_file).is_file()]
         batch = [t for t in batch if t not in missing]
@@ -323,7 +385,8 @@ class StageRun:
         if not batch:
             return
         try:
-            rets: list[Any] = search.launcher.launch([self.trial_overrides(t) for t in batch], search.job_idx)
+            overrides = [self.trial_overrides(t, stop_at.get(t.trial_id)) for t in batch]
+            rets: list[Any] = search.launcher.launch(overrides, search.job_idx)
             failure = None
         except KeyboardInterrupt:
             raise
@@ -333,7 +396,7 @@ class StageRun:
         if failure:  # other jobs of the batch may still be training: their records decide, not the failure
             wait_until_stopped([search.trial_dir(t.trial_id) for t in batch])
         for t, r in zip(batch, rets):
-            if self.finished(t) is not None:
+            if self.finished(t, stop_at.get(t.trial_id)) is not None:
                 continue
             if r is None:  # the launcher failed as a whole (a job's process died): the trial stays pending
                 self.echo(

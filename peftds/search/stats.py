@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from peftds.errors import PeftdsError
 from peftds.files import DECISION_FILE, RACE_FILE, STAGE_FILE, TRIALS_FILE, read_json
-from peftds.search.decision import Decision, DecisionSettings, decide
+from peftds.search.decision import Decision, DecisionSettings, Fidelity, decide
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -163,9 +163,11 @@ def stage_decision(stage_dir: Path, meta: Mapping[str, Any], df: pd.DataFrame) -
         return None
     record = read_json(stage_dir / DECISION_FILE) or {}
     settings = DecisionSettings(**record["settings"]) if "settings" in record else DecisionSettings(sequential=False)
+    fidelity = Fidelity(**record["fidelity"]) if record.get("fidelity") else None
     scores = index_scores(df, meta["samples"], meta["options_order"], len(meta["tasks"]))
     n_max = max(int(v) for v in meta["planned"].values())
-    return decide(scores, n_max, settings)
+    # a multi-fidelity stage's epoch-k scores live in its trials' records: decision.json keeps the last look's
+    return decide(scores, n_max, settings, cheap=record.get("cheap_scores"), fidelity=fidelity)
 
 
 def race_eliminated(race: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -221,7 +223,7 @@ def summarize(
     targets = race_targets(race) if race else {}
     sequential = decision is not None and decision.settings.sequential
     if sequential:
-        targets = dict(decision.designs)
+        targets = dict(decision.full)  # rows are full-fidelity trials
         eliminated = {
             o: {"round": look, "why": f"{o}: worse than {decision.pick} (lower bound {decision.lower[o]:.2f} > 0)"}
             for o, look in decision.out.items()
@@ -361,9 +363,7 @@ def stage_summary(stage_dir: str | Path, n_boot: int | None = None) -> dict[str,
     decision = stage_decision(stage_dir, meta, df)
     if meta.get("samples") and not df.empty:  # only the designs this stage sampled (N may have changed) ...
         # ... and of a race or a sequential decision only the prefix it gives each option
-        cap = (
-            race_targets(race) if race else dict(decision.designs) if decision and decision.settings.sequential else {}
-        )
+        cap = race_targets(race) if race else dict(decision.full) if decision and decision.settings.sequential else {}
         planned = {(o, int(s["index"])) for o, lst in meta["samples"].items() for s in lst[: cap.get(o, len(lst))]}
         df = df[[(o, int(i)) in planned for o, i in zip(df["option"], df["index"])]]
     summary = summarize(

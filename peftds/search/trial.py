@@ -83,6 +83,16 @@ def effective_status(rec: Mapping[str, Any] | None) -> str | None:
     return status
 
 
+def score_at_epoch(rec: Mapping[str, Any], k: int) -> float:
+    """A trial's score at fidelity k (a record finished at epoch k or later): its best held-out score over
+    epochs 1..k, what a trial stopped after epoch k reports (NaN: it failed)."""
+    if effective_status(rec) not in ("ok", "preempted"):
+        return math.nan
+    scores = [e.get("score") for e in (rec.get("epochs") or [])[:k]]
+    finite = [float(x) for x in scores if isinstance(x, int | float) and math.isfinite(x)]
+    return max(finite) if len(finite) == k else math.nan
+
+
 def trial_job(cfg: Any) -> dict[str, Any]:
     """The Hydra task function of a search trial: an ordinary peftds train job in the Hydra job dir, quiet
     (its output goes to trial.out), plus the device it ran on."""

@@ -122,3 +122,36 @@ def test_multi_fidelity_control_variate_keeps_the_guarantee_and_saves_full_train
     assert (res["full"] <= np.maximum(np.ceil(0.5 * res["designs"]), 4)).all()
     plain = decide_batch(full, settings)
     assert res["full"].sum(-1).mean() < plain["designs"].sum(-1).mean()
+
+
+def test_looks_go_on_over_the_options_still_in():
+    """An option found worse at a look needs no more designs: the next looks are taken once the options
+    still in have their designs (its shorter prefix does not hold the decision at that look)."""
+    rng = np.random.default_rng(5)
+    shared = rng.normal(0, 3, 12)
+    scores = {o: list(80 + mu + shared + rng.normal(0, 1.0, 12)) for o, mu in (("a", 0), ("b", -40), ("c", 0))}
+    scores["b"] = scores["b"][:3]  # found worse at the first look: never given more
+    d = decide({o: v[:5] for o, v in scores.items()}, 12, DecisionSettings())
+    assert d.out == {"b": 1} and d.looks == 2 and not d.finished and d.designs == {"a": 7, "b": 3, "c": 7}
+    d = decide(scores, 12, DecisionSettings())
+    assert d.looks == 5 and d.finished and d.designs == {"a": 12, "b": 3, "c": 12}
+    assert d.lower["b"] > 0 and d.out == {"b": 1}  # its bound is the one of the look that found it worse
+
+
+def test_a_multi_fidelity_look_needs_cheap_scores_of_all_and_full_ones_of_the_first():
+    from peftds.search.decision import Fidelity, continued
+
+    fid = Fidelity(cheap_epochs=1, epochs=3, share=0.5)
+    rng = np.random.default_rng(6)
+    shared = rng.normal(0, 3, 12)
+    full = {o: list(80 + mu + shared + rng.normal(0, 0.2, 12)) for o, mu in (("a", 0), ("b", -0.1))}
+    cheap = {o: [x - 5 + rng.normal(0, 0.3) for x in v] for o, v in full.items()}
+    assert [continued(n, 0.5) for n in (3, 5, 7, 11, 12)] == [3, 4, 4, 6, 6]
+    d = decide({o: v[:3] for o, v in full.items()}, 12, DecisionSettings(), cheap=cheap, fidelity=fid)
+    assert d.looks == 1 and d.designs == {"a": 5, "b": 5} and d.full == {"a": 4, "b": 4}
+    # cheap scores of every design without the full ones of the look's first designs: no look is taken
+    d = decide({o: v[:2] for o, v in full.items()}, 12, DecisionSettings(), cheap=cheap, fidelity=fid)
+    assert d.looks == 0 and d.pick is None and d.designs == {"a": 3, "b": 3} and d.full == {"a": 3, "b": 3}
+    d = decide({o: v[:6] for o, v in full.items()}, 12, DecisionSettings(), cheap=cheap, fidelity=fid)
+    assert d.finished and d.verdict == "equivalent" and d.pick == "a"
+    assert all(d.full[o] == continued(d.designs[o], 0.5) < d.designs[o] for o in d.full)

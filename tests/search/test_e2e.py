@@ -155,3 +155,36 @@ def test_tiny_llama_stage_end_to_end(tmp_path, data_dir):
     for r in table:
         assert 0 <= float(r["score"]) <= 100 and int(r["trainable_params"]) <= int(r["budget_params"])
     assert (tmp_path / "s" / "best_design.yaml").is_file()
+
+
+def test_real_multi_fidelity_stage_continues_stopped_trials(tmp_path, data_dir):
+    """Real training (tiny BERT) with search.cheap_epochs=1 of 2: looks at 4, 6, 7 designs, of them 4, 4, 5
+    continued to the end. Design 5 of each option stops after epoch 1 (a checkpoint, status ok, not complete)
+    and the third look continues it from that checkpoint; designs never continued keep no checkpoint once
+    the stage is over. δ*=0 and a tiny α keep the looks going (tiny random models tie)."""
+    stage = tmp_path / "two.yaml"
+    stage.write_text("name: two\ndimension: allocation\noptions: {uniform: uniform, decreasing: decreasing}\n")
+    space = tmp_path / "space.yaml"
+    space.write_text("name: start\ngroups: 4\ntuned: all\n")
+    extra = ["search.n=7", "search.first_designs=4", "search.epochs=2", "search.cheap_epochs=1",
+             "search.continue_share=0.6", "train.max_steps=-1", "search.tolerance=0", "search.alpha=1e-6"]  # fmt: skip
+    out = []
+    assert run_search(base(tmp_path, data_dir, f"stage={stage}", f"space={space}", *extra), echo=out.append) == 0
+    sdir = tmp_path / "s"
+    dec = json.loads((sdir / "two" / "decision.json").read_text())
+    assert dec["looks"] == 3 and dec["designs"] == {"uniform": 7, "decreasing": 7}, dec["line"]
+    assert dec["full"] == {"uniform": 5, "decreasing": 5}
+    meta = json.loads((sdir / "two" / "stage.json").read_text())
+    table = {(r["option"], int(r["index"])): r for r in rows(sdir / "two" / "trials.csv")}
+    assert len(table) == 10 and {r["status"] for r in table.values()} == {"ok"}
+    for opt, samples in meta["samples"].items():
+        continued = table[(opt, samples[4]["index"])]
+        rec = json.loads((sdir / "trials" / continued["trial_id"] / "result.json").read_text())
+        assert rec["resumed_from"]["epoch"] == 1.0 and rec["complete"] and len(rec["epochs"]) == 2
+        assert float(continued["score"]) == max(e["score"] for e in rec["epochs"])
+        assert round(dec["cheap_scores"][opt][4], 4) == round(rec["epochs"][0]["score"], 4)
+    records = [json.loads((d / "result.json").read_text()) for d in (sdir / "trials").iterdir()]
+    stopped = [r for r in records if not r["complete"]]
+    assert len(stopped) == 4 and all(r["epochs_trained"] == 1 for r in stopped)
+    assert not list((sdir / "trials").glob("*/checkpoints/ckpt-*"))
+    assert any("deleted the checkpoints of 4 trial(s) stopped early" in str(x) for x in out)

@@ -90,12 +90,12 @@ def test_killed_race_resumes_to_the_same_decisions(tmp_path, fake_training, args
     launch = StageRun.launch
     batches = []
 
-    def killed_in_round_two(self, batch):
+    def killed_in_round_two(self, batch, stop_at=None):
         """Round 1 runs; round 2 is killed after half of its trials."""
         batches.append(len(batch))
         if len(batches) == 1:
-            return launch(self, batch)
-        launch(self, batch[: len(batch) // 2])
+            return launch(self, batch, stop_at)
+        launch(self, batch[: len(batch) // 2], stop_at)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(StageRun, "launch", killed_in_round_two)
