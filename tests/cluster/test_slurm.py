@@ -3,6 +3,10 @@ as array jobs of the cluster, accounted by slurmdbd, and give the same scores as
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,7 +29,7 @@ def sacct_jobs(name: str) -> list[tuple[str, str]]:
     """(job id, state) of the cluster's jobs named `name` (allocations only, not their steps)."""
     out = subprocess.run(["sacct", "-a", "-X", "-n", "-P", "-o", "JobID,State", f"--name={name}"],
                          capture_output=True, text=True, check=True, timeout=60).stdout  # fmt: skip
-    return [tuple(line.split("|")) for line in out.split() if line]
+    return [tuple(line.split("|")) for line in out.splitlines() if line]
 
 
 def settled_jobs(name: str, before: set[str], timeout_s: float = 60.0) -> list[tuple[str, str]]:
@@ -104,41 +108,115 @@ def requeue(job_id: str) -> None:
     subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True, timeout=60)
 
 
-INTERRUPTIONS = {"preemption by a higher-priority partition": preempt_by_urgent_job, "scontrol requeue": requeue}
+def time_limit(job_id: str, minutes: int) -> None:
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", f"TimeLimit={minutes}"], check=True, capture_output=True,
+                   timeout=60)  # fmt: skip
+
+
+def job_process(job_id: str) -> int:
+    """The pid of the job's (or array task's) python process: submitit runs the trial in it."""
+    array_job, _, task = job_id.partition("_")
+    want = {f"SLURM_ARRAY_JOB_ID={array_job}", f"SLURM_ARRAY_TASK_ID={task}"} if task else {f"SLURM_JOB_ID={job_id}"}
+    for proc in Path("/proc").iterdir():
+        try:
+            env = set((proc / "environ").read_bytes().decode(errors="replace").split("\0"))
+            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if want <= env and "submitit" in cmd and "srun" not in cmd.split("\0")[0]:
+            return int(proc.name)
+    raise AssertionError(f"no process of job {job_id}")
+
+
+def signalled(pid: int) -> bool:
+    """Whether a stopped process got USR2: pending, or already running on (slurmstepd continues the tasks it
+    signals), or gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    pending = int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)
+    return bool(pending & (1 << (signal.SIGUSR2 - 1))) or not fields["State"].strip().startswith("T")
+
+
+def reach_time_limit(job_id: str) -> None:
+    """Bring the running job's time limit to one minute (SLURM's smallest): at its next time-limit check (every
+    30 s) SLURM sends the warning signal submitit asked for (USR2, signal_delay_s = 120 s before the limit). The
+    trial's process is stopped meanwhile and continued once the signal is pending, so that the signal lands in
+    the middle of training however short the tiny trial is."""
+    pid = job_process(job_id)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time_limit(job_id, 1)
+        deadline = time.time() + 90
+        while not signalled(pid):
+            assert time.time() < deadline, "SLURM sent no warning signal within 90 s of the one-minute limit"
+            time.sleep(0.2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+# how -> (what the test does, the job's time limit in minutes, how submitit classes the USR2: None for SIGTERM).
+# submitit counts a USR2 past min(0.8 limit, limit - 10 min) of the job's run as a time-out (so any USR2 in a job
+# of at most 10 minutes) and requeues time-outs max_num_timeout times at most (hydra's default 0: never)
+INTERRUPTIONS = {
+    "preemption by a higher-priority partition": (preempt_by_urgent_job, 120, "preempted"),
+    "scontrol requeue": (requeue, 120, None),
+    "the job's time limit": (reach_time_limit, 10, "timed-out"),
+}
+BASE = ["model=tiny_bert", "search=tiny", "stage=allocation", "~stage.options.increasing", "~stage.options.decreasing",
+        "search.trial_threads=1", "train.max_steps=-1", "search.epochs=2", "data.max_train_samples=800"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_dir) -> dict:
+    """The trial of the interruption tests, trained locally without interruption (its row)."""
+    sdir = tmp_path_factory.mktemp("local") / "s"
+    assert run_search([*BASE, f"data.dir={data_dir}", f"search.dir={sdir}"], echo=quiet) == 0
+    (row,) = rows(sdir / "allocation" / "trials.csv")
+    return row
 
 
 @pytest.mark.parametrize("how", list(INTERRUPTIONS))
-def test_interrupted_trial_resumes_to_the_uninterrupted_score(how, slurm, tmp_path, data_dir):
-    """A trial stopped mid-training (SIGUSR2 at preemption: submitit requeues it; SIGTERM from scontrol requeue)
-    saves a checkpoint, is requeued, continues from it and ends with the score of an uninterrupted run."""
-    base = ["model=tiny_bert", "search=tiny", f"data.dir={data_dir}", "stage=allocation", "~stage.options.increasing",
-            "~stage.options.decreasing", "search.trial_threads=1", "train.max_steps=-1", "search.epochs=2",
-            "data.max_train_samples=800"]  # fmt: skip
-    assert run_search([*base, f"search.dir={tmp_path / 'local'}"], echo=quiet) == 0
-    (local,) = rows(tmp_path / "local" / "allocation" / "trials.csv")
-    # submitit counts a signal in a job shorter than ~60 min as a time-out (requeued max_num_timeout times at most)
-    args = [*base, f"search.dir={tmp_path / 'slurm'}", *SLURM, "hydra.launcher.timeout_min=120",
-            "hydra.launcher.max_num_timeout=2"]  # fmt: skip
+def test_interrupted_trial_resumes_to_the_uninterrupted_score(how, slurm, tmp_path, data_dir, uninterrupted):
+    """A trial stopped mid-training (SIGUSR2 at preemption and at the time-limit warning: submitit requeues it;
+    SIGTERM from scontrol requeue) saves a checkpoint, is requeued, continues from it and ends with the score of
+    an uninterrupted run. The time-limit case restores a long limit once the trial has stopped, so that the
+    requeued run is not warned again at once (its limit would still be one minute)."""
+    interrupt, minutes, classed = INTERRUPTIONS[how]
+    args = [*BASE, f"data.dir={data_dir}", f"search.dir={tmp_path / 'slurm'}", *SLURM,
+            f"hydra.launcher.timeout_min={minutes}", "hydra.launcher.max_num_timeout=2"]  # fmt: skip
     log = tmp_path / "search.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "peftds.cli", "search", *args], cwd=REPO, stdout=out,
                                 stderr=subprocess.STDOUT)  # fmt: skip
+    trials = tmp_path / "slurm" / "trials"
     deadline = time.time() + 300
-    while training_trial(tmp_path / "slurm" / "trials") is None and proc.poll() is None:
+    while training_trial(trials) is None and proc.poll() is None:
         assert time.time() < deadline, log.read_text()
         time.sleep(0.1)
     job = next(j for j, s in sacct_jobs("search") if s == "RUNNING")
     t_stop = time.time()
-    INTERRUPTIONS[how](job)
+    interrupt(job)
+    if interrupt is reach_time_limit:  # the requeued run gets its whole limit back
+        while not any((read_json(p) or {}).get("status") == "preempted" for p in trials.glob("*/result.json")):
+            assert time.time() < deadline and proc.poll() is None, log.read_text()
+            time.sleep(0.1)
+        time_limit(job, minutes)
     assert proc.wait(timeout=600) == 0, log.read_text()
     (remote,) = rows(tmp_path / "slurm" / "allocation" / "trials.csv")
-    final = read_json(tmp_path / "slurm" / "trials" / remote["trial_id"] / "result.json")
+    final = read_json(trials / remote["trial_id"] / "result.json")
     assert final["status"] == "ok" and final.get("resumed_from"), final.get("status")  # continued, not restarted
-    assert (remote["trial_id"], remote["score"]) == (local["trial_id"], local["score"])
+    assert (remote["trial_id"], remote["score"]) == (uninterrupted["trial_id"], uninterrupted["score"])
     runs = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-o", "State,Start,End", "-j", job.split("_")[0]],
                           capture_output=True, text=True, check=True, timeout=60).stdout.split()  # fmt: skip
     assert len(runs) >= 2, runs  # the job ran twice: interrupted, then requeued
     (_, _, stopped), (_, restarted, _) = runs[-2].split("|"), runs[-1].split("|")
     gap = (datetime.fromisoformat(restarted) - datetime.fromisoformat(stopped)).total_seconds()
+    if classed:
+        job_log = "".join(p.read_text() for p in (tmp_path / "slurm" / ".submitit").glob("*/*_log.err"))
+        assert f"Caught signal SIGUSR2 on {socket.gethostname()}: this job is {classed}" in job_log
     print(f"\n{how}: resumed from {final['resumed_from']}; {gap:.0f} s from the stop to the requeued start; "
           f"{time.time() - t_stop:.0f} s from the signal to the finished stage")  # fmt: skip
