@@ -44,8 +44,8 @@ from peftds.search.launch import hydra_session, slurm_gpu_args
 from peftds.search.stage_run import duration
 from peftds.search.state import override_key
 from peftds.search.store import TrialTable
-from peftds.search.trial import effective_status, finished_result, job_error, launcher_error
-from peftds.train.launched import lost_run_line, run_launched, wait_until_stopped
+from peftds.search.trial import effective_status, finished_result
+from peftds.train.launched import launch_batch, run_launched
 from peftds.train.record import RunRecord, read_predictions
 
 RUNS_DIR = "runs"
@@ -227,28 +227,14 @@ class Comparison:
         return max(1, pending) if "submitit" in target else 1
 
     def launch(self, launcher: Any, batch: list[PlannedRun], forward: Sequence[str]) -> None:
-        try:
-            rets: list[Any] = launcher.launch([self.overrides(r, forward) for r in batch], self.job_idx)
-            failure = None
-        except KeyboardInterrupt:
-            raise
-        except Exception as e:  # the launcher itself failed
-            rets, failure = [None] * len(batch), launcher_error(e)
+        dirs = [self.run_dir(r) for r in batch]
+        overrides = [self.overrides(r, forward) for r in batch]
+        lost, failed = launch_batch(launcher, overrides, self.job_idx, dirs, lambda d: finished_result(d) is not None)
         self.job_idx += len(batch)
-        if failure:  # other jobs of the batch may still be training: their records decide, not the failure
-            wait_until_stopped([self.run_dir(r) for r in batch])
-        for r, ret in zip(batch, rets):
-            if self.finished(r) is not None:
-                continue
-            if ret is None:  # the launcher failed as a whole (a job's process died): the run stays pending
-                self.echo(
-                    f"[compare] run {r.run_id} did not finish: "
-                    f"{lost_run_line(self.run_dir(r), failure or '')}; it stays pending"
-                )
-                continue
-            err = job_error(ret)
-            if err is not None:
-                RunRecord(self.run_dir(r), task=r.task, design=r.design.label).update(status="failed", error=err)
+        for i, line in lost.items():
+            self.echo(f"[compare] run {batch[i].run_id} did not finish: {line}; it stays pending")
+        for i, err in failed.items():
+            RunRecord(dirs[i], task=batch[i].task, design=batch[i].design.label).update(status="failed", error=err)
 
     def run(self, cfg: Any, launcher: Any, forward: Sequence[str]) -> None:
         bad = self.table.repair()

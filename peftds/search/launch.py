@@ -2,7 +2,7 @@
 and its search.json, and the Hydra session (composed config + the configured launcher) trials run in.
 
 Only public Hydra APIs: the config comes from the config loader of an initialised Hydra, the launcher
-from `Plugins.instantiate_launcher` (jobs' outcomes: peftds.search.trial.job_error).
+from `Plugins.instantiate_launcher` (jobs' outcomes: peftds.train.launched.job_error).
 """
 
 from __future__ import annotations

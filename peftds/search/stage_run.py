@@ -38,17 +38,9 @@ from peftds.search.settings import SearchSetup, decision_settings, fidelity_of, 
 from peftds.search.stages import StageSpec, safe_name
 from peftds.search.stats import current_leader, index_scores, read_table, stage_summary
 from peftds.search.store import TrialTable, trial_row
-from peftds.search.trial import (
-    Trial,
-    effective_status,
-    finished_result,
-    job_error,
-    launcher_error,
-    score_at_epoch,
-    trial_id,
-)
+from peftds.search.trial import Trial, effective_status, finished_result, score_at_epoch, trial_id
 from peftds.train.checkpoint import delete_checkpoints
-from peftds.train.launched import lost_run_line, wait_until_stopped
+from peftds.train.launched import launch_batch
 from peftds.train.record import RunRecord
 
 
@@ -384,31 +376,20 @@ class StageRun:
             )
         if not batch:
             return
-        try:
-            overrides = [self.trial_overrides(t, stop_at.get(t.trial_id)) for t in batch]
-            rets: list[Any] = search.launcher.launch(overrides, search.job_idx)
-            failure = None
-        except KeyboardInterrupt:
-            raise
-        except Exception as e:  # the launcher itself failed (e.g. a submitit job died)
-            rets, failure = [None] * len(batch), launcher_error(e)
+        dirs = [search.trial_dir(t.trial_id) for t in batch]
+        overrides = [self.trial_overrides(t, stop_at.get(t.trial_id)) for t in batch]
+        at = {search.trial_dir(t.trial_id): stop_at.get(t.trial_id) for t in batch}
+        lost, failed = launch_batch(
+            search.launcher, overrides, search.job_idx, dirs, lambda d: finished_result(d, at[d]) is not None
+        )
         search.job_idx += len(batch)
-        if failure:  # other jobs of the batch may still be training: their records decide, not the failure
-            wait_until_stopped([search.trial_dir(t.trial_id) for t in batch])
-        for t, r in zip(batch, rets):
-            if self.finished(t, stop_at.get(t.trial_id)) is not None:
-                continue
-            if r is None:  # the launcher failed as a whole (a job's process died): the trial stays pending
-                self.echo(
-                    f"[search] trial {t.trial_id} did not finish: "
-                    f"{lost_run_line(search.trial_dir(t.trial_id), failure or '')}; it stays pending"
-                )
-                continue
-            err = job_error(r)
-            if err is None:
-                continue  # the job returned without a finished record: it stays pending
-            rec = RunRecord(search.trial_dir(t.trial_id), task=t.task, design=t.sample.design_ref)
-            rec.update(status="failed", error=err, wall_time_s=0.0)
+        for i, line in lost.items():
+            self.echo(f"[search] trial {batch[i].trial_id} did not finish: {line}; it stays pending")
+        for i, err in failed.items():
+            t = batch[i]
+            RunRecord(dirs[i], task=t.task, design=t.sample.design_ref).update(
+                status="failed", error=err, wall_time_s=0.0
+            )
 
     def progress(self, ran: int, to_run: int, t0: float) -> None:
         keys = self.keys()

@@ -6,8 +6,6 @@ ordinary `peftds train` job (peftds.train.job.train_job) in the Hydra job dir an
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -99,27 +97,3 @@ def trial_job(cfg: Any) -> dict[str, Any]:
     settings = convert(SearchConfig, cfg.get("search"))
     rec = run_launched(cfg, gpu_slots=settings.gpu_slots, threads=settings.trial_threads)
     return {k: rec.get(k) for k in RETURNED_KEYS}
-
-
-def job_error(ret: Any) -> str | None:
-    """The error of a job a launcher returned (a hydra.core.utils.JobReturn); None when it completed."""
-    from hydra.core.utils import JobStatus
-
-    if ret.status == JobStatus.COMPLETED:
-        return None
-    if ret.status == JobStatus.UNKNOWN:
-        return "the launcher returned no result for this job"
-    try:
-        # .return_value re-raises the job's exception (and writes a line about it to stderr: the
-        # error is recorded in the trial's row instead)
-        with contextlib.redirect_stderr(io.StringIO()):
-            ret.return_value  # noqa: B018
-    except Exception as e:
-        return f"{type(e).__name__}: {e}"
-    return f"job status {ret.status.name}"
-
-
-def launcher_error(e: BaseException) -> str:
-    """One line for a launcher that failed as a whole (e.g. a submitit job died)."""
-    text = str(e).strip()
-    return f"launcher error: {type(e).__name__}: {text.splitlines()[0] if text else ''}"

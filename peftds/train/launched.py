@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import io
 import os
 import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +151,54 @@ def lost_run_line(run_dir: Path, launcher_failure: str) -> str:
     if rec is not None and rec.get("status") == "running":
         return "its process died without a Python error (killed: SIGKILL, the out-of-memory killer, a lost node)"
     return f"it did not run ({launcher_failure})"
+
+
+def job_error(ret: Any) -> str | None:
+    """The error of a job a launcher returned (a hydra.core.utils.JobReturn); None when it completed."""
+    from hydra.core.utils import JobStatus
+
+    if ret.status == JobStatus.COMPLETED:
+        return None
+    if ret.status == JobStatus.UNKNOWN:
+        return "the launcher returned no result for this job"
+    try:
+        # .return_value re-raises the job's exception (and writes a line about it to stderr: the
+        # error is recorded in the trial's row instead)
+        with contextlib.redirect_stderr(io.StringIO()):
+            ret.return_value  # noqa: B018
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return f"job status {ret.status.name}"
+
+
+def launcher_error(e: BaseException) -> str:
+    """One line for a launcher that failed as a whole (e.g. a submitit job died)."""
+    text = str(e).strip()
+    return f"launcher error: {type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def launch_batch(
+    launcher: Any, overrides: list[list[str]], job_idx: int, run_dirs: list[Path], finished: Callable[[Path], bool]
+) -> tuple[dict[int, str], dict[int, str]]:
+    """Run one batch of jobs through a Hydra launcher. Returns (lost, failed) by job position: a line for each
+    job whose process died (the launcher failed as a whole; the run stays pending), and the error of each job
+    that failed without writing its own failed record. A job that returned without a finished record is in
+    neither (it stays pending). `finished(run_dir)`: whether a run dir holds the record the batch asked for."""
+    try:
+        rets: list[Any] = launcher.launch(overrides, job_idx)
+        failure = None
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # the launcher itself failed (e.g. a submitit job died)
+        rets, failure = [None] * len(overrides), launcher_error(e)
+    if failure:  # other jobs of the batch may still be training: their records decide, not the failure
+        wait_until_stopped(run_dirs)
+    lost, failed = {}, {}
+    for i, (run_dir, ret) in enumerate(zip(run_dirs, rets)):
+        if finished(run_dir):
+            continue
+        if ret is None:
+            lost[i] = lost_run_line(run_dir, failure or "")
+        elif (err := job_error(ret)) is not None:
+            failed[i] = err
+    return lost, failed

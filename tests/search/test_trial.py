@@ -7,7 +7,8 @@ from hydra.core.utils import JobReturn, JobStatus
 
 from peftds.files import RESULT_FILE, write_json_atomic
 from peftds.search.launch import run_search
-from peftds.search.trial import effective_status, finished_result, job_error, launcher_error, trial_id
+from peftds.search.trial import effective_status, finished_result, trial_id
+from peftds.train.launched import job_error, launcher_error
 
 from .helpers import quiet, rows
 
