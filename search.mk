@@ -6,6 +6,7 @@
 #   make stage-truth-cpu        the grouping stage at full fidelity (search=truth), its report and `peftds replay`
 #   make stage-truth-paired-cpu the same stage with paired designs (search.paired, the default)
 #   make stage-truth-tunable-cpu a stage whose options differ (stage=tunable5), paired, same size
+#   make stage-live-tunable-cpu the same designs decided live, multi-fidelity (epoch-1 looks, half continued)
 #   make search-tiny            stage=all on a tiny random T5 with tiny data (smoke test of the machinery)
 #   make paper-search-t5base    the paper's search on T5-base (GPU + hub access), see the cost notes
 #   make paper-train-s4-t5base  the S4 design (spindle_t5base) on the 8 GLUE tasks, final regime
@@ -25,7 +26,7 @@ PAPER_TASKS ?= cola sst2 mrpc qqp stsb mnli qnli rte
 PAPER_EPOCHS ?= 10
 PAPER_ARGS ?=
 
-.PHONY: search-demo search-demo-clean search-racing-demo stage-truth-cpu stage-truth-paired-cpu stage-truth-tunable-cpu search-tiny paper-search-t5base paper-train-s4-t5base paper-baselines-t5base
+.PHONY: search-demo search-demo-clean search-racing-demo stage-truth-cpu stage-truth-paired-cpu stage-truth-tunable-cpu stage-live-tunable-cpu search-tiny paper-search-t5base paper-train-s4-t5base paper-baselines-t5base
 
 # search=demo: stage=grouping (5 options) x N=5 designs x SST-2, each trained 1 epoch on 2000
 # training sentences and scored on 200 held-out ones: 25 trials. Measured on 2 CPU cores: a trial takes
@@ -69,6 +70,13 @@ stage-truth-tunable-cpu: install
 	$(BIN)/peftds search $(TRUTH_CPU) stage=tunable5 search.paired=true search.dir=$(SEARCH_OUT)/truth_tunable $(SEARCH_ARGS)
 	$(BIN)/peftds report $(SEARCH_OUT)/truth_tunable
 	$(BIN)/peftds replay $(SEARCH_OUT)/truth_tunable/tunable5
+
+# The tunable5 ground truth's designs (same trial ids) decided live by the default decision with multi-fidelity
+# looks: every design of a look trained to epoch 1, the first half continued to epoch 3 from its checkpoint.
+# tests/search/test_live_truth.py checks its committed files (tests/search/fixtures/live_tunable) against the
+# ground truth: the same scores, and the decision a replay of its design order predicts.
+stage-live-tunable-cpu: install
+	$(BIN)/peftds search $(TRUTH_CPU) stage=tunable5 search.sequential=true search.cheap_epochs=1 search.dir=$(SEARCH_OUT)/live_tunable $(SEARCH_ARGS)
 
 # Every stage chained on the 24-layer tiny T5 (83 trials of a few seconds each on CPU).
 search-tiny: install

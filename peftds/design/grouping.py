@@ -59,6 +59,7 @@ def sample_grouping(num_layers: int, num_groups: int, pattern: str, rng: random.
     return options[rng.randrange(len(options))]
 
 
+@lru_cache(maxsize=256)
 def all_groupings(num_layers: int, num_groups: int, pattern: str | None = None) -> tuple[tuple[int, ...], ...]:
     """Every split of the stack into `num_groups` consecutive groups (optionally satisfying `pattern`)."""
     if pattern is not None:

@@ -290,6 +290,10 @@ def summarize(
     ranked = sorted(
         (o for o in racing if stats[o]["designs_ok"] > 0), key=lambda o: (-stats[o]["mean"], options.index(o))
     )
+    if decision is not None and decision.fidelity is not None and decision.pick in ranked:
+        # multi-fidelity: the decision's control-variate estimates rank the options, not the means of the
+        # designs that were continued
+        ranked = [decision.pick, *(o for o in ranked if o != decision.pick)]
     # options with exactly the best mean: a tie, broken by the order of the stage's options
     tied = [o for o in ranked if ranked and abs(stats[o]["mean"] - stats[ranked[0]]["mean"]) <= TIE_TOLERANCE]
     out: dict[str, Any] = {

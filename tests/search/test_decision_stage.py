@@ -108,6 +108,8 @@ def test_multi_fidelity_looks_train_to_epoch_k_and_continue_the_first_designs(tm
     again = decide(full, n, settings, cheap=dec["cheap_scores"], fidelity=Fidelity(1, 3, 0.6))
     assert again.to_dict() | {"line": dec["line"], "cheap_scores": dec["cheap_scores"]} == dec
     assert "multi-fidelity: every design to epoch 1 of 3" in (sdir / "report.md").read_text()
+    summary = json.loads((sdir / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["winner"] == dec["pick"]  # the decision's pick, not a row mean's
     assert not list((tmp_path / "s" / "trials").glob("*/checkpoints"))  # none kept once the stage is over
     n_calls = len(calls)
     assert run_search(a, echo=quiet) == 0 and len(calls) == n_calls  # a rerun trains nothing

@@ -194,9 +194,11 @@ def test_ctrl_c_leaves_an_interrupted_record(tmp_path, data_dir):
             "train.progress=false",
             f"hydra.run.dir={tmp_path}",
         ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        # a test run started in the background inherits an ignored SIGINT, and Python keeps it ignored: Ctrl-C
+        # must reach the command as it would from a terminal
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     record = tmp_path / RESULT_FILE
     deadline = time.time() + 120

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -131,7 +132,15 @@ class AdapterConfig(Section):
 
 
 def _check(hp: Mapping[str, Any]) -> AdapterConfig:
-    return convert(AdapterConfig, hp, "design.hparams.adapter")
+    try:  # cost() runs for every layer of every sampled design: check each distinct setting once
+        return _checked(tuple(sorted(hp.items())))
+    except TypeError:  # an unhashable value: let the check name it
+        return convert(AdapterConfig, hp, "design.hparams.adapter")
+
+
+@lru_cache(maxsize=128)
+def _checked(items: tuple[tuple[str, Any], ...]) -> AdapterConfig:
+    return convert(AdapterConfig, dict(items), "design.hparams.adapter")
 
 
 def _ffn_input_linear(layer: Layer) -> nn.Module:
