@@ -238,6 +238,8 @@ def build_plan(compose: Composer, overrides: Sequence[str]) -> ComparePlan:
         if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
             raise PeftdsError(f"compare.lr.{label} must be a positive number, got {lr!r}")
     run0 = RunConfig.from_composed(base)
+    if run0.train.stop_epoch is not None:  # a stopped run never finishes its row
+        raise PeftdsError("train.stop_epoch cannot be set for a comparison: its runs train train.epochs")
     model, arch = run0.model.name, run0.model.arch
     if arch not in SEQ2SEQ_ARCHS:
         gen = [t for t in tasks if load_task(t, conf_dir()).kind == "generation"]

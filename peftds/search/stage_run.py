@@ -399,8 +399,13 @@ class StageRun:
         eta = elapsed / ran * (to_run - ran) if ran else float("nan")
         lead = current_leader(mine, len(self.config.tasks))
         leader = f" | leader: {lead[0]} {lead[1]:.2f} ({lead[2]} designs)" if lead else ""
+        fidelity, stopped = fidelity_of(self.settings), ""
+        if fidelity is not None:  # rows are full-fidelity trials: say how many more stopped early
+            k = fidelity.cheap_epochs
+            n = sum(self.finished(t) is None and self.finished(t, k) is not None for t in self.trials.values())
+            stopped = f", {n} more stopped after epoch {k}"
         self.echo(
-            f"[{self.spec.name}] {len(mine)}/{len(keys)} trials ({ok} ok, {len(mine) - ok} failed) | "
+            f"[{self.spec.name}] {len(mine)}/{len(keys)} trials ({ok} ok, {len(mine) - ok} failed{stopped}) | "
             f"{duration(elapsed)} elapsed, ETA {duration(eta)}{leader}"
         )
 
