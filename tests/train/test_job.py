@@ -44,6 +44,13 @@ RECORD_KEYS = {
 }
 PEFTDS = os.path.join(os.path.dirname(sys.executable), "peftds")
 
+# a generation run that fits 16 training pairs in 30 steps and generates for 8 held-out ones (greedy)
+FIT_SIXTEEN_PAIRS = (
+    "data.max_train_samples=16", "train.max_steps=30", "train.lr=5e-2", "train.warmup_ratio=0",
+    "train.logging_steps=5", "data.max_eval_samples=8", "train.max_source_len=64", "train.max_target_len=16",
+    "task.generation.num_beams=1",
+)  # fmt: skip
+
 
 def run(tmp_path, *overrides):
     cfg = compose(["train.progress=false", *overrides])
@@ -96,15 +103,7 @@ def test_tiny_seq2seq_learns_and_scores(tmp_path, data_dir, model, task, metric)
         f"model={model}",
         "design=spindle",
         f"task={task}",
-        "data.max_train_samples=16",
-        "train.max_steps=30",
-        "train.lr=5e-2",
-        "train.warmup_ratio=0",
-        "train.logging_steps=5",
-        "data.max_eval_samples=8",
-        "train.max_source_len=64",
-        "train.max_target_len=16",
-        "task.generation.num_beams=1",
+        *FIT_SIXTEEN_PAIRS,
     )
     assert rec["status"] == "ok", rec["error"]
     losses = [loss for _, loss in rec["loss_history"]]
@@ -223,15 +222,7 @@ def test_tiny_llama_generation_learns_and_scores(tmp_path, data_dir, task, metri
         "model=tiny_llama",
         "design=spindle",
         f"task={task}",
-        "data.max_train_samples=16",
-        "train.max_steps=30",
-        "train.lr=5e-2",
-        "train.warmup_ratio=0",
-        "train.logging_steps=5",
-        "data.max_eval_samples=8",
-        "train.max_source_len=64",
-        "train.max_target_len=16",
-        "task.generation.num_beams=1",
+        *FIT_SIXTEEN_PAIRS,
     )
     assert rec["status"] == "ok", rec["error"]
     losses = [loss for _, loss in rec["loss_history"]]
