@@ -378,7 +378,7 @@ class StageRun:
             return
         dirs = [search.trial_dir(t.trial_id) for t in batch]
         overrides = [self.trial_overrides(t, stop_at.get(t.trial_id)) for t in batch]
-        at = {search.trial_dir(t.trial_id): stop_at.get(t.trial_id) for t in batch}
+        at = {d: stop_at.get(t.trial_id) for d, t in zip(dirs, batch)}
         lost, failed = launch_batch(
             search.launcher, overrides, search.job_idx, dirs, lambda d: finished_result(d, at[d]) is not None
         )
